@@ -1,0 +1,68 @@
+"""Prepared splits as memory-mapped arrays, and the preprocessing every runtime applies. Torch-free.
+
+Layout under data/prepared/: <split>/images.npy (N, H, W, C uint8), <split>/labels.npy (N int64), meta.json.
+Arrays are opened with mmap, and iterated in batches, so evaluating 10,000+ images needs bounded memory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Data that cannot be used; the message names the file, class or count at fault."""
+
+
+def load_meta(prepared: str | Path) -> dict:
+    path = Path(prepared) / "meta.json"
+    if not path.exists():
+        raise DataError(f"{path}: prepared data not found; run `edgeopt prepare` (or `dvc repro prepare`) first")
+    return json.loads(path.read_text())
+
+
+def open_split(prepared: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 NHWC memmap, labels int64) of one split."""
+    d = Path(prepared) / split
+    try:
+        images = np.load(d / "images.npy", mmap_mode="r")
+        labels = np.load(d / "labels.npy")
+    except FileNotFoundError:
+        raise DataError(f"{d}: split {split!r} not found; run `edgeopt prepare` first") from None
+    except ValueError as exc:
+        raise DataError(f"{d}: split {split!r} is corrupt ({exc}); rerun `edgeopt prepare`") from None
+    if len(images) != len(labels):
+        raise DataError(f"{d}: {len(images)} images but {len(labels)} labels; rerun `edgeopt prepare`")
+    return images, labels
+
+
+def normalize(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """uint8 NHWC -> float32 NCHW, scaled to [0, 1] then standardised per channel (the input contract)."""
+    x = np.asarray(batch, dtype=np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def iter_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                 limit: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    n = len(images) if limit <= 0 else min(limit, len(images))
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield np.asarray(images[start:stop]), np.asarray(labels[start:stop])
+
+
+def subset_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded, class-stratified subset of n indices (calibration, sensitivity scans)."""
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    # Interleave classes so any prefix is roughly balanced.
+    by_class = [order[labels[order] == c] for c in np.unique(labels)]
+    inter = [i for group in zip(*[list(g) + [None] * (max(map(len, by_class)) - len(g)) for g in by_class])
+             for i in group if i is not None]
+    return np.sort(np.asarray(inter[:n]))

@@ -1,0 +1,32 @@
+"""Map the project's known error types to CLI exit codes (torch-free)."""
+from __future__ import annotations
+
+
+class GateNonePassError(RuntimeError):
+    """No candidate passes the gates (exit 3)."""
+
+
+class StaleInputsError(RuntimeError):
+    """Gate / promote inputs are missing, stale or tampered with (exit 4)."""
+
+
+class RegistryError(RuntimeError):
+    """A registry operation refused (exit 1); the message says why."""
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    from edgeopt.params import ParamsError
+
+    if isinstance(exc, GateNonePassError):
+        return 3
+    if isinstance(exc, StaleInputsError):
+        return 4
+    if isinstance(exc, ParamsError):
+        return 2
+    names = {t.__name__ for t in type(exc).__mro__}
+    if names & {"DataError", "CheckpointError", "StageError", "RegistryError", "ValidationFailed",
+                "RuntimeModelError", "FileNotFoundError"}:
+        return 1
+    if isinstance(exc, ValueError) and type(exc).__module__.startswith(("edgeopt", "stages")):
+        return 1
+    return None

@@ -1,0 +1,60 @@
+"""The stable file names every stage reads and writes. Stages talk only through these files."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path = Path(".")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # data
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def meta(self) -> Path:
+        return self.prepared / "meta.json"
+
+    def split(self, name: str) -> Path:
+        return self.prepared / name
+
+    # models (PyTorch checkpoints: state dict + architecture config)
+    def checkpoint(self, name: str) -> Path:
+        """baseline | pruned | finetuned | clustered | student | student_nokd | qat"""
+        return self.root / "models" / f"{name}.pt"
+
+    @property
+    def quantized(self) -> Path:
+        return self.root / "models" / "quantized"
+
+    @property
+    def exported(self) -> Path:
+        return self.root / "models" / "exported"
+
+    @property
+    def candidates(self) -> Path:
+        return self.exported / "candidates.json"
+
+    # metrics and reports
+    def metrics(self, stage: str) -> Path:
+        return self.root / "metrics" / f"{stage}.json"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def report(self, name: str) -> Path:
+        return self.reports / name
+
+    def live(self, stage: str) -> Path:
+        return self.root / "dvclive" / stage
+
+    def registry(self, root: str) -> Path:
+        p = Path(root)
+        return p if p.is_absolute() else self.root / p
