@@ -85,12 +85,15 @@ def _stage_module_if_cli_args(name: str):
 
 
 def _run_stage(name: str, args: argparse.Namespace) -> int:
-    from edgeopt.params import load_params
     from edgeopt.paths import Paths
 
-    params = load_params(args.params, args.overrides)
     paths = Paths(Path(args.root))
     cli_mod = _stage_module_if_cli_args(name)
+    params = None  # a cli module's needs_params(args) may say no: e.g. `bench --model` on a device
+    if cli_mod is None or getattr(cli_mod, "needs_params", lambda _args: True)(args):
+        from edgeopt.params import load_params
+
+        params = load_params(args.params, args.overrides)
     if cli_mod is not None and hasattr(cli_mod, "main"):
         return int(cli_mod.main(args, params, paths) or 0)
     module = importlib.import_module(f"stages.{name}")
@@ -103,8 +106,10 @@ def _run_stage(name: str, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # Our own logs at INFO; third-party libraries (GX, NNCF, ...) only at WARNING unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("edgeopt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.command:
         parser.print_help()
         return EXIT_USAGE

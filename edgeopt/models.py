@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 class SmallCNN(nn.Module):
     """A compact VGG-style CNN for small inputs (the default for the digits data set)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128)):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64)):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels

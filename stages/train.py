@@ -1,0 +1,36 @@
+"""train: the baseline model (model.*, train.*) -> models/baseline.pt, metrics/train.json, DVCLive curves."""
+from __future__ import annotations
+
+from edgeopt.models import build_model, model_config, save_checkpoint
+from edgeopt.params import Params
+from edgeopt.paths import Paths
+from edgeopt.stage import stage
+from edgeopt.stats import model_stats
+from edgeopt.training import Splits, evaluate, fit, set_seed
+
+
+def config_for(arch: str, width: float, small_input: bool, meta: dict) -> dict:
+    """Architecture config for the prepared data (classes, channels, image size come from meta.json)."""
+    return model_config(arch, meta["num_classes"], meta["channels"], width, small_input, meta["image_size"])
+
+
+@stage("train")
+def run(params: Params, paths: Paths) -> dict:
+    set_seed(params.seed, params.train.threads)
+    splits = Splits.load(paths.prepared)
+    cfg = config_for(params.model.arch, params.model.width, params.model.small_input, splits.meta)
+    model = build_model(cfg)
+    result = fit(model, splits, params.train, seed=params.seed, augment=params.train.augment,
+                 patience=params.train.early_stopping_patience, live_dir=paths.live("train"), desc="train")
+    val = evaluate(model, splits, "val")
+    test = evaluate(model, splits, "test")
+    info = {"stage": "train", "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+            "data_hash": splits.meta["content_hash"], "classes": splits.meta["classes"]}
+    path = save_checkpoint(paths.checkpoint("baseline"), model, cfg, info)
+    input_shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+    print(f"train: {cfg['arch']} test accuracy {test['accuracy']:.2f}% (val {val['accuracy']:.2f}%, "
+          f"best epoch {result.best_epoch}/{len(result.history)})")
+    return {"arch": cfg["arch"], "test_accuracy": test["accuracy"], "val_accuracy": val["accuracy"],
+            "test_loss": test["loss"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early, "train_images_per_s": round(result.images_per_s, 1),
+            **model_stats(model, input_shape, path), "history": result.history}

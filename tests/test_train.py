@@ -1,0 +1,85 @@
+"""train + model zoo + checkpoints: real training on digits, reload safety, KD loss formula."""
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgeopt.models import CheckpointError, build_model, load_checkpoint, model_config, save_checkpoint
+from edgeopt.paths import Paths
+from edgeopt.training import kd_loss
+
+
+def test_train_stage_learns_digits_and_writes_artifacts(tiny_project, tiny_params):
+    from stages import train
+
+    tiny_params.train.epochs = 5
+    m = train.run(tiny_params, Paths(tiny_project))
+    assert m["test_accuracy"] > 85 and 0 < m["best_epoch"] <= 5 and m["epochs_run"] == 5
+    model, cfg, info = load_checkpoint(tiny_project / "models/baseline.pt")
+    assert cfg["arch"] == "small_cnn" and info["test_accuracy"] == pytest.approx(m["test_accuracy"])
+    assert (tiny_project / "dvclive/train/plots/metrics/val/accuracy.tsv").exists()
+    assert (tiny_project / "metrics/train.json").exists()
+
+
+@pytest.mark.parametrize("arch, width", [("resnet18", 0.25), ("vgg16_bn", 0.125), ("mobilenet_v2", 0.25), ("small_cnn", 0.5)])
+def test_zoo_archs_build_run_and_reload_identically(tmp_path, arch, width):
+    cfg = model_config(arch, 10, 3, width, True, 32)
+    model = build_model(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 10)
+    save_checkpoint(tmp_path / "m.pt", model, cfg)
+    again, _, _ = load_checkpoint(tmp_path / "m.pt")
+    assert torch.equal(again(x), out)
+
+
+def test_width_multiplier_shrinks_resnet():
+    full = build_model(model_config("resnet18", 10, 3, 1.0))
+    half = build_model(model_config("resnet18", 10, 3, 0.5))
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert 0.2 < n(half) / n(full) < 0.3
+
+
+def test_checkpoint_refuses_pickles_truncation_and_other_archs(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as fh:
+        pickle.dump({"format": "edgeopt-checkpoint/1", "x": Evil()}, fh)
+    with pytest.raises(CheckpointError, match="evil.pt: not a loadable edgeopt checkpoint"):
+        load_checkpoint(evil)
+
+    cfg = model_config("small_cnn", 10, 1, 1.0, True, 16)
+    good = save_checkpoint(tmp_path / "good.pt", build_model(cfg), cfg)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_checkpoint(cut)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt: not an edgeopt checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="is a 'small_cnn' model, expected 'resnet18'"):
+        load_checkpoint(good, expect_arch="resnet18")
+    # weights of another architecture under a small_cnn config
+    payload = torch.load(good, weights_only=True)
+    payload["state_dict"] = build_model(model_config("small_cnn", 10, 1, 0.5, True, 16)).state_dict()
+    torch.save(payload, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match="mixed.pt: weights do not match architecture 'small_cnn'.*shape mismatch"):
+        load_checkpoint(tmp_path / "mixed.pt")
+
+
+def test_kd_loss_matches_the_formula():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    y = torch.randint(0, 10, (8,))
+    T, alpha = 4.0, 0.7
+    p_t = F.softmax(t / T, 1)
+    kl = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean()
+    expected = alpha * T * T * kl + (1 - alpha) * F.cross_entropy(s, y)
+    assert kd_loss(s, t, y, T, alpha).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert kd_loss(s, t, y, T, 0.0).item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    # T^2 scaling: doubling T with alpha=1 keeps the gradient scale comparable, the loss follows T^2*KL
+    assert kd_loss(s, s, y, 2.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
