@@ -1,0 +1,63 @@
+"""`dvc repro` from a fresh clone runs the whole chain; a second `dvc repro` does nothing.
+
+The clone is a copy of the repository's tracked files in a temp git repo, with short training (params edited the
+way `dvc exp run -S` does) so the full chain fits the CI budget. This is the test the README's `make run` rests on.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"train": {"epochs": 3}, "finetune": {"epochs": 2}, "distill": {"epochs": 2},
+        "cluster": {"finetune_epochs": 1}, "bench": {"runs": 20, "warmup": 2}, "sensitivity": {"max_samples": 100}}
+
+
+def run(cmd, cwd, timeout=900):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "EDGEOPT_NO_PROGRESS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def fresh_clone(dst: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for section, values in FAST.items():
+        params[section].update(values)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
+        subprocess.run(cmd, cwd=dst, check=True)
+    return dst
+
+
+@pytest.mark.slow
+def test_dvc_repro_twice_metrics_and_plots(tmp_path):
+    clone = fresh_clone(tmp_path / "clone")
+    first = run([sys.executable, "-m", "dvc", "repro"], clone)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    train = json.loads((clone / "metrics/train.json").read_text())
+    assert train["test_accuracy"] > 80
+    for stage in ("prepare", "validate", "train", "prune", "finetune", "cluster", "sensitivity", "distill",
+                  "quantize", "export", "evaluate", "bench", "gate", "promote", "report"):
+        assert (clone / "metrics" / f"{stage}.json").exists(), stage
+
+    second = run([sys.executable, "-m", "dvc", "repro"], clone)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Data and pipelines are up to date" in second.stdout + second.stderr
+    assert "Running stage" not in second.stdout
+
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], clone)
+    assert shown.returncode == 0 and "test_accuracy" in shown.stdout
+    plots = run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], clone)
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    assert (tmp_path / "plots" / "index.html").exists()
