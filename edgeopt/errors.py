@@ -15,7 +15,10 @@ class RegistryError(RuntimeError):
 
 
 def exit_code_for(exc: BaseException) -> int | None:
-    from edgeopt.params import ParamsError
+    try:
+        from edgeopt.params import ParamsError
+    except ImportError:  # device install (no pydantic): no params were loaded, so none can be wrong
+        ParamsError = ()  # type: ignore[assignment]  # isinstance(x, ()) is False
 
     if isinstance(exc, GateNonePassError):
         return 3

@@ -1,0 +1,116 @@
+"""Test accuracy of every exported candidate in its own runtime -> metrics/evaluate.json.
+
+The test split is memory-mapped and streamed in `evaluate.batch_size` batches, so 10,000+ images need bounded
+memory; the anonymous-memory growth while streaming is recorded to prove it. Torch is not used: this is the
+accuracy of the shipped file in the runtime the device runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt.arrays import iter_batches, load_meta, normalize, open_split
+from edgeopt.io import gzip_size, read_json, sha256_file
+from edgeopt.params import Params
+from edgeopt.paths import Paths
+from edgeopt.runtime import RuntimeModelError, load_model
+from edgeopt.stage import StageError, stage
+
+log = logging.getLogger("edgeopt.evaluate")
+CARRIED = ("runtime", "precision", "params", "nonzero_params", "macs", "unique_weights", "sha256")
+
+
+def anon_rss_mb() -> float:
+    """Current anonymous resident memory (heap, arrays), excluding file-backed pages of memory-mapped data,
+    which the kernel can drop at any time. Falls back to the peak RSS off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    from edgeopt.stage import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def accuracy_in_runtime(model, images: np.ndarray, labels: np.ndarray, meta: dict,
+                        batch_size: int) -> tuple[float, float]:
+    """(accuracy %, peak anonymous memory MB while streaming) of a runtime model on uint8 NHWC images."""
+    correct, peak = 0, anon_rss_mb()
+    for batch, y in iter_batches(images, labels, batch_size):
+        logits = model.predict(normalize(batch, meta["mean"], meta["std"]))
+        correct += int((logits.argmax(1) == y).sum())
+        peak = max(peak, anon_rss_mb())
+    return 100.0 * correct / max(len(labels), 1), peak
+
+
+def _verify_files(exported: Path, cand: dict[str, Any]) -> None:
+    changed = sorted(rel for rel, h in cand["sha256"].items()
+                     if not (exported / rel).is_file() or sha256_file(exported / rel) != h)
+    if changed:
+        raise RuntimeModelError(f"{exported}: files {changed} of {cand['name']} are missing or changed since "
+                                "export (sha256 differs); rerun `edgeopt export`")
+
+
+@stage("evaluate")
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    try:
+        doc = read_json(paths.candidates, "candidates file")
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageError(f"{exc}; run `edgeopt export` first") from None
+    meta = load_meta(paths.prepared)
+    images, labels = open_split(paths.prepared, "test")
+    results: dict[str, Any] = {}
+    start = peak = anon_rss_mb()
+    growth = 0.0
+    for cand in doc["candidates"]:
+        row = {k: cand.get(k) for k in CARRIED}
+        row.update(file_bytes=sum((paths.exported / f).stat().st_size for f in cand["files"]
+                                  if (paths.exported / f).is_file()),
+                   gzip_bytes=sum(gzip_size(paths.exported / f) for f in cand["files"] if (paths.exported / f).is_file()),
+                   accuracy=None, status=cand["status"], reason=cand.get("reason"))
+        if cand["status"] == "ok":
+            try:
+                _verify_files(paths.exported, cand)
+                model = load_model(paths.exported / cand["primary"], runtime=cand["runtime"],
+                                   device=params.target.device)
+                t0, before = time.perf_counter(), anon_rss_mb()
+                row["accuracy"], top = accuracy_in_runtime(model, images, labels, meta, params.evaluate.batch_size)
+                row["eval_s"] = round(time.perf_counter() - t0, 3)
+                growth, peak = max(growth, top - before), max(peak, top)
+                del model
+            except RuntimeModelError as exc:
+                row.update(status="failed", reason=str(exc))
+        results[cand["name"]] = row
+    _add_drops(results, doc.get("baselines", {}))
+    for name, r in results.items():
+        if r["status"] == "ok":
+            log.info("%-30s %-12s acc %.2f%%  drop %s", name, r["runtime"], r["accuracy"], r["drop"])
+        else:
+            log.warning("%-30s failed: %s", name, r["reason"])
+    return {"split": "test", "images": int(len(labels)), "batch_size": params.evaluate.batch_size,
+            "candidates": results,
+            # anonymous memory (not the reclaimable pages of the memory-mapped split): its peak over the stage,
+            # and the largest growth while one candidate streams the split
+            "memory": {"anon_rss_start_mb": round(start, 1), "anon_rss_peak_mb": round(peak, 1),
+                       "stream_growth_mb": round(growth, 1),
+                       "test_split_float32_mb": round(images.size * 4 / 2**20, 1)}}
+
+
+def _add_drops(results: dict[str, Any], baselines: dict[str, str | None]) -> None:
+    """`drop` = FP32 baseline accuracy in the same runtime minus the candidate's (points)."""
+    for r in results.values():
+        base_name = baselines.get(r["runtime"])
+        base = results.get(base_name) if base_name else None
+        r["baseline"] = base_name
+        r["baseline_accuracy"] = base["accuracy"] if base else None
+        ok = r["accuracy"] is not None and r["baseline_accuracy"] is not None
+        r["drop"] = round(r["baseline_accuracy"] - r["accuracy"], 4) if ok else None
+        if r["status"] == "ok" and not ok:
+            r["status"] = "failed"  # a drop that cannot be measured must not pass the accuracy gate
+            r["reason"] = f"no FP32 baseline accuracy in {r['runtime']} to compare with (baseline {base_name!r} failed)"
