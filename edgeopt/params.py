@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgeopt.registry import CHANNEL_PATTERN, NAME_PATTERN
+
 Arch = Literal["small_cnn", "resnet18", "resnet34", "vgg16_bn", "mobilenet_v2"]
 Schedule = Literal["cosine", "step", "none"]
 QuantMode = Literal["ov_int8", "ov_int8_ac", "ort_int8_static", "ort_int8_dynamic", "ov_fp16"]
@@ -159,8 +161,8 @@ class Gate(_Section):
 
 class Registry(_Section):
     root: str = "registry"
-    model_name: str = Field("model", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
-    channel: str = Field("staging", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    model_name: str = Field("model", pattern=NAME_PATTERN)  # release names: no path traversal possible
+    channel: str = Field("staging", pattern=CHANNEL_PATTERN)
     bump: Literal["major", "minor", "patch"] = "patch"
     tag: bool = True
 

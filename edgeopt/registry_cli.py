@@ -1,6 +1,202 @@
-"""`edgeopt registry ...` (filled in by the registry work)."""
-def add_arguments(p):
-    p.add_argument("action", nargs="?", default="list")
+"""`edgeopt registry list|show|promote|pull|verify|rollback`. Torch-free; `pull`, `verify` and `show` also
+work on a device without params.yaml when `--registry DIR` is given.
 
-def main(args):
-    raise SystemExit("registry: not implemented yet")
+    edgeopt registry list
+    edgeopt registry show digits-classifier@production
+    edgeopt registry promote --from-gate --channel production      # the gate's pick (idempotent)
+    edgeopt registry promote digits-classifier@0.0.3 --channel production
+    edgeopt registry pull digits-classifier@production --to release/
+    edgeopt registry verify [digits-classifier[@1.2.0]] | --dir release/
+    edgeopt registry rollback digits-classifier --channel production
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ACTIONS = ("list", "show", "promote", "pull", "verify", "rollback")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgeopt.cli import _add_params_args
+
+    common = argparse.ArgumentParser(add_help=False)
+    _add_params_args(common)
+    common.add_argument("--registry", metavar="DIR", help="registry root (default: registry.root of params.yaml)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("list", parents=[common], help="releases and channels")
+    s.add_argument("model", nargs="?", help="only this model")
+    s = sub.add_parser("show", parents=[common], help="a release's manifest summary and its verification")
+    s.add_argument("ref", help="MODEL, MODEL@VERSION or MODEL@CHANNEL")
+    s = sub.add_parser("promote", parents=[common],
+                       help="point a channel at a release, or release the gate's pick (--from-gate)")
+    s.add_argument("ref", nargs="?", help="existing release MODEL@VERSION (or MODEL@CHANNEL) to point --channel at")
+    s.add_argument("--channel", help="channel to point (with --from-gate default: registry.channel)")
+    s.add_argument("--from-gate", action="store_true",
+                   help="release the candidate selected in reports/gate.json (a no-op if identical to the latest)")
+    s.add_argument("--candidate", help="with --from-gate: another candidate that passed the gate")
+    s.add_argument("--version", help="with --from-gate: explicit version instead of registry.bump")
+    s = sub.add_parser("pull", parents=[common], help="copy a verified release to a directory")
+    s.add_argument("ref", help="MODEL, MODEL@VERSION or MODEL@CHANNEL")
+    s.add_argument("--to", required=True, metavar="DIR", help="destination (new, empty, or an earlier pull)")
+    s = sub.add_parser("verify", parents=[common], help="check every file's sha256 and every manifest's record")
+    s.add_argument("ref", nargs="?", help="MODEL or MODEL@VERSION|CHANNEL (default: the whole registry)")
+    s.add_argument("--dir", metavar="DIR", help="verify a pulled release directory against its manifest instead")
+    s = sub.add_parser("rollback", parents=[common], help="move a channel back to its previous version")
+    s.add_argument("model", help="model name")
+    s.add_argument("--channel", required=True, help="channel to roll back, e.g. production")
+
+
+def registry_root(args: argparse.Namespace) -> Path:
+    if args.registry:
+        return Path(args.registry)
+    from edgeopt.paths import Paths
+
+    paths = Paths(Path(args.root))
+    if not Path(args.params).exists() and not args.overrides:
+        return paths.registry("registry")  # the default of params.yaml: lets a device run without one
+    return paths.registry(_params(args).registry.root)
+
+
+def _params(args: argparse.Namespace):
+    from edgeopt.params import load_params
+
+    return load_params(args.params, args.overrides)
+
+
+def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def main(args: argparse.Namespace) -> int:
+    from edgeopt.errors import RegistryError
+    from edgeopt.registry import Registry, actor, verify_dir
+
+    if args.action == "verify" and args.dir:
+        problems = verify_dir(args.dir)
+        return _report_problems(args, problems, f"{args.dir}: all files match the manifest")
+    reg = Registry(registry_root(args))
+    if args.action == "list":
+        return _list(args, reg)
+    if args.action == "show":
+        model, version = reg.resolve(args.ref)
+        manifest, record = reg.manifest(model, version), reg.record(model)
+        problems = reg.verify(model, version)
+        channels = [c for c in record["channels"] if reg.channel(model, c) == version]
+        data = {"release": f"{model}@{version}", "channels": channels, "verified": not problems,
+                "problems": problems, "record": record["releases"][version], "manifest": manifest}
+        _out(args, data, _show_text(model, version, manifest, channels, problems))
+        return 0
+    if args.action == "promote":
+        return _promote(args, reg)
+    if args.action == "pull":
+        res = reg.pull(args.ref, args.to)
+        _out(args, res, f"pulled {res['model']}@{res['version']} to {res['path']} ({res['files']} files verified)")
+        return 0
+    if args.action == "verify":
+        model, version = (None, None)
+        if args.ref:
+            model, version = reg.resolve(args.ref) if "@" in args.ref else (args.ref, None)
+        problems = reg.verify(model, version)
+        n = sum(len(reg.versions(m)) for m in ([model] if model else reg.models())) if not version else 1
+        return _report_problems(args, problems, f"{reg.root}: {n} release(s) verified, all files and manifests intact")
+    if args.action == "rollback":
+        res = reg.rollback(args.model, args.channel, by=actor("edgeopt registry rollback"))
+        _out(args, res, f"{res['model']}@{res['channel']}: {res['previous']} -> {res['version']} (rolled back)")
+        return 0
+    raise RegistryError(f"unknown registry action {args.action!r}; use one of {', '.join(ACTIONS)}")
+
+
+def _report_problems(args: argparse.Namespace, problems: list[str], ok_text: str) -> int:
+    from edgeopt.errors import RegistryError
+
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    if problems:
+        raise RegistryError(f"verification failed: {len(problems)} problem(s) (listed above)")
+    if not args.json:
+        print(ok_text)
+    return 0
+
+
+def _promote(args: argparse.Namespace, reg) -> int:
+    from edgeopt.errors import RegistryError
+    from edgeopt.registry import actor
+
+    if args.from_gate:
+        if args.ref:
+            raise RegistryError("give either a release REF or --from-gate, not both")
+        from edgeopt.paths import Paths
+        from stages.promote import promote_from_gate
+
+        params = _params(args)
+        if args.registry:
+            params.registry.root = str(Path(args.registry).resolve())
+        res = promote_from_gate(params, Paths(Path(args.root)), channel=args.channel, candidate=args.candidate,
+                                version=args.version, via="edgeopt registry promote --from-gate")
+        text = (f"{res['release']} {'created' if res['created'] else 'unchanged (identical content)'} from "
+                f"{res['candidate']}; {res['channel']} -> {res['version']}"
+                + ("" if res["channel_changed"] else " (already)") + f"; {res['note']}")
+        _out(args, res, text)
+        return 0
+    if not args.ref or not args.channel:
+        raise RegistryError("promote needs MODEL@VERSION and --channel CHANNEL (or --from-gate)")
+    if args.candidate or args.version:
+        raise RegistryError("--candidate/--version apply with --from-gate only")
+    model, version = reg.resolve(args.ref)
+    res = reg.point(model, args.channel, version, by=actor("edgeopt registry promote"))
+    _out(args, res, f"{model}@{args.channel}: {res['previous']} -> {version}"
+         + ("" if res["changed"] else " (already pointing there)"))
+    return 0
+
+
+def _list(args: argparse.Namespace, reg) -> int:
+    from edgeopt.registry import semver_key
+
+    data, lines = [], []
+    for model in [args.model] if args.model else reg.models():
+        record = reg.record(model)
+        pointers = {c: reg.channel(model, c) for c in record["channels"]}
+        for version in sorted(record["releases"], key=semver_key):
+            try:
+                m = reg.manifest(model, version)
+            except Exception as exc:  # listed anyway; `verify` says what is wrong
+                m = {"error": str(exc)}
+            row = {"release": f"{model}@{version}", "created": record["releases"][version]["created"],
+                   "candidate": m.get("candidate"), "runtime": m.get("runtime"),
+                   "accuracy": (m.get("metrics") or {}).get("accuracy"),
+                   "latency_ms": {k: v for k, v in (m.get("latency") or {}).items() if k in ("p50_ms", "p90_ms")},
+                   "channels": sorted(c for c, v in pointers.items() if v == version)}
+            data.append(row)
+            lat = row["latency_ms"].get("p90_ms")
+            lines.append(f"{row['release']:32s} {row['created']:21s} {str(row['candidate']):28s} "
+                         f"{str(row['runtime']):12s} acc {row['accuracy'] if row['accuracy'] is not None else '-'}  "
+                         f"p90 {lat if lat is not None else '-'} ms  {' '.join(row['channels'])}")
+    _out(args, data, "\n".join(lines) if lines else f"{reg.root}: no releases")
+    return 0
+
+
+def _show_text(model: str, version: str, m: dict, channels: list[str], problems: list[str]) -> str:
+    inp, lat, met = m.get("input", {}), m.get("latency", {}), m.get("metrics", {})
+    git = m.get("lineage", {}).get("git", {})
+    lines = [f"{model}@{version}  ({', '.join(channels) or 'no channel'})",
+             f"  candidate  {m.get('candidate')}  [{m.get('runtime')}, {m.get('precision')}]  stages "
+             f"{' > '.join(m.get('stages', []))}",
+             f"  accuracy   {met.get('accuracy')} % (drop {met.get('drop')} pt) on {met.get('images')} "
+             f"{met.get('split')} images",
+             f"  latency    p50 {lat.get('p50_ms')} ms, p90 {lat.get('p90_ms')} ms on "
+             f"{(lat.get('hardware') or {}).get('cpu')} ({(lat.get('profile') or {}).get('name')})",
+             f"  input      {inp.get('shape')} {inp.get('layout')} {inp.get('dtype')} {inp.get('color_order')}, "
+             f"mean {inp.get('mean')}, std {inp.get('std')}",
+             f"  classes    {', '.join(map(str, m.get('classes', [])))}",
+             f"  lineage    git {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}, parent "
+             f"{m.get('lineage', {}).get('parent')}, created {m.get('created')} by {m.get('created_by')}",
+             "  files      " + ", ".join(f"{k} ({v['bytes']} B)" for k, v in m.get("files", {}).items()),
+             "  verified   " + ("ok" if not problems else "FAILED: " + "; ".join(problems))]
+    return "\n".join(lines)

@@ -1,0 +1,406 @@
+"""Edge release registry: immutable, checksummed releases in a plain (DVC-trackable) directory. Torch-free.
+
+Layout::
+
+    <root>/.lock                       filelock serialising every writer
+    <root>/<model>/registry.json       the record: each release's manifest sha256, channels with history
+    <root>/<model>/<version>/          one release: the shipped files + manifest.json (files read-only)
+
+A release is written into a temporary sibling and renamed into place under the lock, and the record is
+replaced atomically afterwards, so readers never see a mixed entry. The record keeps the sha256 of each
+manifest, so a manifest edited after promotion is detected by `verify`, `pull` and channel moves.
+"""
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+from edgeopt.errors import RegistryError
+from edgeopt.io import atomic_dir, read_json, sha256_bytes, sha256_file, sha256_json, write_json
+
+FORMAT = "edgeopt-registry/1"
+RELEASE_FORMAT = "edgeopt-release/1"
+MANIFEST = "manifest.json"
+RECORD = "registry.json"
+LOCK = ".lock"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+_SEMVER = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")
+_FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+# --- names -------------------------------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+        raise RegistryError(f"model name {name!r} refused: use 1-64 of a-z 0-9 . _ - starting with a letter or "
+                            f"digit (no '/', '..' or absolute paths)")
+    return name
+
+
+def check_channel(channel: str) -> str:
+    if not isinstance(channel, str) or not re.match(CHANNEL_PATTERN, channel):
+        raise RegistryError(f"channel {channel!r} refused: use 1-32 of a-z 0-9 _ - starting with a letter or digit")
+    return channel
+
+
+def check_version(version: str) -> str:
+    v = version[1:] if isinstance(version, str) and version.startswith("v") else version
+    if not isinstance(v, str) or not _SEMVER.match(v):
+        raise RegistryError(f"version {version!r} refused: use semantic versioning MAJOR.MINOR.PATCH, e.g. 1.4.2")
+    return v
+
+
+def check_file_name(rel: str) -> str:
+    """A file path inside a release: relative, plain parts only (a manifest cannot point outside its dir)."""
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+    if not parts or rel.startswith("/") or "\\" in rel or not all(_FILE_PART.match(p) for p in parts):
+        raise RegistryError(f"file name {rel!r} refused: release files must be relative paths of plain names "
+                            f"(no '..', no absolute paths)")
+    return rel
+
+
+def semver_key(version: str) -> tuple[int, int, int]:
+    return tuple(int(x) for x in check_version(version).split("."))  # type: ignore[return-value]
+
+
+def bump_version(version: str | None, part: str) -> str:
+    """Next version after `version` (None: after 0.0.0, so the first patch release is 0.0.1)."""
+    major, minor, patch = semver_key(version or "0.0.0")
+    if part == "major":
+        return f"{major + 1}.0.0"
+    if part == "minor":
+        return f"{major}.{minor + 1}.0"
+    if part == "patch":
+        return f"{major}.{minor}.{patch + 1}"
+    raise RegistryError(f"registry.bump {part!r} refused: use major, minor or patch")
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """`model`, `model@1.2.3` / `model@v1.2.3` (a version) or `model@production` (a channel)."""
+    model, _, selector = ref.partition("@")
+    check_name(model)
+    if not selector:
+        return model, None
+    if _SEMVER.match(selector.lstrip("v")):
+        return model, check_version(selector)
+    return model, check_channel(selector)
+
+
+def actor(via: str = "") -> str:
+    """Who/what made a change: EDGEOPT_ACTOR, the CI run, or user@host."""
+    who = os.environ.get("EDGEOPT_ACTOR")
+    if not who and os.environ.get("GITHUB_ACTIONS"):
+        who = (f"github-actions:{os.environ.get('GITHUB_WORKFLOW', '?')}#{os.environ.get('GITHUB_RUN_ID', '?')}"
+               f" ({os.environ.get('GITHUB_ACTOR', '?')})")
+    if not who:
+        try:
+            user = getpass.getuser()
+        except Exception:  # no passwd entry in some containers
+            user = str(os.getuid())
+        who = f"{user}@{socket.gethostname()}"
+    return f"{who} via {via}" if via else who
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def channel_stack(history: list[dict]) -> list[str]:
+    """Pointer stack from a channel history: a promote pushes, a rollback pops. The top is the current version."""
+    stack: list[str] = []
+    for entry in history:
+        if entry.get("action") == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != entry["version"]:
+                stack.append(entry["version"])
+        elif not stack or stack[-1] != entry["version"]:
+            stack.append(entry["version"])
+    return stack
+
+
+def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None) -> list[str]:
+    """Problems of a release directory against its manifest (and against the recorded manifest hash)."""
+    d = Path(release_dir)
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        return [f"{mpath}: manifest missing"]
+    raw = mpath.read_bytes()
+    problems = []
+    if manifest_sha256 and sha256_bytes(raw) != manifest_sha256:
+        problems.append(f"{mpath}: manifest edited after promotion (sha256 differs from the registry record)")
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        return problems + [f"{mpath}: manifest unreadable or without 'files'"]
+    for rel, info in files.items():
+        try:
+            check_file_name(rel)
+        except RegistryError as exc:
+            problems.append(f"{mpath}: {exc}")
+            continue
+        f = d / rel
+        if f.is_symlink() or not f.is_file():
+            problems.append(f"{f}: missing (or not a regular file)")
+        elif sha256_file(f) != info.get("sha256"):
+            problems.append(f"{f}: content changed (sha256 differs from the manifest)")
+    known = set(files) | {MANIFEST}
+    for f in sorted(p for p in d.rglob("*") if p.is_file() or p.is_symlink()):
+        if f.relative_to(d).as_posix() not in known:
+            problems.append(f"{f}: unexpected file, not in the manifest")
+    return problems
+
+
+def copy_release(src_dir: Path, files: list[str], dst_dir: Path) -> None:
+    for rel in [MANIFEST, *files]:
+        target = dst_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src_dir / rel, target)
+
+
+class Registry:
+    """A directory registry. Every write holds the registry lock; reads need none (writes are atomic)."""
+
+    def __init__(self, root: str | Path, lock_timeout: float = 120.0):
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+        self._lock = None  # one FileLock per instance: re-entrant, so rollback can hold it across point()
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / RECORD).is_file())
+
+    def record(self, model: str) -> dict[str, Any]:
+        path = self.root / check_name(model) / RECORD
+        if not path.exists():
+            return {"format": FORMAT, "model": model, "releases": {}, "channels": {}}
+        try:
+            return read_json(path, "registry record")
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from None
+
+    def versions(self, model: str) -> list[str]:
+        """Recorded versions plus any release directory on disk (so a half-recorded one is never reused)."""
+        found = set(self.record(model)["releases"])
+        mdir = self.root / model
+        if mdir.is_dir():
+            found |= {p.name for p in mdir.iterdir() if p.is_dir() and _SEMVER.match(p.name)}
+        return sorted(found, key=semver_key)
+
+    def channel(self, model: str, channel: str) -> str | None:
+        history = self.record(model)["channels"].get(check_channel(channel), {}).get("history", [])
+        stack = channel_stack(history)
+        return stack[-1] if stack else None
+
+    def resolve(self, ref: str) -> tuple[str, str]:
+        """(model, version) of `model`, `model@version` or `model@channel`; the latest release for `model`."""
+        model, selector = parse_ref(ref)
+        record = self.record(model)
+        if not record["releases"]:
+            raise RegistryError(f"{model}: no releases in registry {self.root}; promote one first")
+        if selector is None:
+            return model, max(record["releases"], key=semver_key)
+        if _SEMVER.match(selector):
+            if selector not in record["releases"]:
+                raise RegistryError(f"{model}@{selector}: no such release in {self.root} "
+                                    f"(versions: {', '.join(sorted(record['releases'], key=semver_key))})")
+            return model, selector
+        version = self.channel(model, selector)
+        if version is None:
+            raise RegistryError(f"{model}@{selector}: channel {selector!r} points at nothing "
+                                f"(channels: {', '.join(sorted(record['channels'])) or 'none'})")
+        return model, version
+
+    def release_dir(self, model: str, version: str) -> Path:
+        return self.root / check_name(model) / check_version(version)
+
+    def manifest(self, model: str, version: str) -> dict[str, Any]:
+        try:
+            return read_json(self.release_dir(model, version) / MANIFEST, "release manifest")
+        except (FileNotFoundError, ValueError) as exc:
+            raise RegistryError(str(exc)) from None
+
+    def verify(self, model: str | None = None, version: str | None = None) -> list[str]:
+        """Every problem found (empty: all releases intact and matching the record)."""
+        problems: list[str] = []
+        for m in [check_name(model)] if model else self.models():
+            record = self.record(m)
+            releases = record["releases"]
+            for v in [version] if version else self.versions(m):
+                if v not in releases:
+                    problems.append(f"{self.root / m / v}: release directory not in the registry record "
+                                    f"(interrupted promotion?); remove it" if (self.root / m / v).exists()
+                                    else f"{m}@{v}: no such release")
+                    continue
+                d = self.release_dir(m, v)
+                if not d.is_dir():
+                    problems.append(f"{d}: release directory missing")
+                    continue
+                problems += verify_dir(d, releases[v]["manifest_sha256"])
+            for ch, info in record["channels"].items():
+                for entry in info.get("history", []):
+                    rel = releases.get(entry["version"])
+                    if version and entry["version"] != version:
+                        continue
+                    if rel is None or rel["manifest_sha256"] != entry.get("manifest_sha256"):
+                        problems.append(f"{m}@{ch}: history entry for {entry['version']} does not match the "
+                                        f"release record (registry.json edited?)")
+        return problems
+
+    # --- writing -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = FileLock(str(self.root / LOCK), timeout=self.lock_timeout)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RegistryError(f"{self.root / LOCK}: registry busy (locked by another process for "
+                                f"{self.lock_timeout:.0f} s); retry later") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def publish(self, model: str, files: dict[str, str | Path], manifest: dict[str, Any], *,
+                version: str | None = None, bump: str = "patch", by: str | None = None,
+                expected_sha256: dict[str, str] | None = None) -> dict[str, Any]:
+        """Add a release holding `files` ({name in release: source path}) with `manifest` (+ files, hashes).
+
+        Identical content (same file names and hashes as the latest release) is a no-op that returns the
+        latest release (`created: False`). An explicit `version` that already exists is refused.
+        `expected_sha256` ({name: sha256}) guards against files changing under us: the copies must match.
+        """
+        check_name(model)
+        if version is not None:
+            version = check_version(version)
+        for rel in files:
+            check_file_name(rel)
+        by = by or actor()
+        with self.locked():
+            content = {rel: sha256_file(src) for rel, src in sorted(files.items())}
+            if expected_sha256 is not None and content != dict(sorted(expected_sha256.items())):
+                raise RegistryError(f"{model}: files differ from the expected sha256 (changed while promoting?)")
+            existing = self.versions(model)
+            if version in existing:
+                raise RegistryError(f"{model}@{version} already exists; releases are immutable. Let "
+                                    f"registry.bump pick the next version, or point a channel at it with "
+                                    f"`edgeopt registry promote {model}@{version} --channel CHANNEL`")
+            latest = existing[-1] if existing else None
+            if version is not None and latest is not None and semver_key(version) < semver_key(latest):
+                raise RegistryError(f"{model}@{version} refused: versions only go up and {latest} exists")
+            record = self.record(model)
+            if latest is not None and latest in record["releases"]:
+                old = self.manifest(model, latest)
+                if {k: v["sha256"] for k, v in old.get("files", {}).items()} == content:
+                    return {"model": model, "version": latest, "created": False,
+                            "path": self.release_dir(model, latest),
+                            "manifest_sha256": record["releases"][latest]["manifest_sha256"],
+                            "note": f"identical content to {model}@{latest}; no new release"}
+            version = version or bump_version(latest, bump)
+            manifest = {"format": RELEASE_FORMAT, "name": model, "version": version, "created": now_iso(),
+                        "created_by": by, **manifest}
+            manifest["lineage"] = {**manifest.get("lineage", {}), "parent": f"{model}@{latest}" if latest else None}
+            manifest["files"] = {rel: {"sha256": h, "bytes": Path(files[rel]).stat().st_size}
+                                 for rel, h in content.items()}
+            manifest["content_sha256"] = sha256_json(content)
+            raw = (json.dumps(manifest, indent=2) + "\n").encode()
+            final = self.release_dir(model, version)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            for leftover in final.parent.glob(".incoming-*"):  # we hold the lock: its writer died mid-copy
+                shutil.rmtree(leftover, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
+            try:
+                tmp.chmod(0o755)  # mkdtemp makes it private; a shared registry must stay readable
+                for rel, src in files.items():
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, tmp / rel)
+                    if sha256_file(tmp / rel) != content[rel]:
+                        raise RegistryError(f"{src}: changed while being copied into the registry; retry")
+                (tmp / MANIFEST).write_bytes(raw)
+                for f in tmp.rglob("*"):
+                    if f.is_file():
+                        with open(f, "rb") as fh:
+                            os.fsync(fh.fileno())
+                        f.chmod(0o444)  # releases are immutable; make accidental edits fail loudly
+                try:
+                    os.rename(tmp, final)  # fails if the version dir appeared meanwhile: never a mixed entry
+                except OSError:
+                    raise RegistryError(f"{model}@{version} already exists (written concurrently); retry") from None
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            record["releases"][version] = {"manifest_sha256": sha256_bytes(raw),
+                                           "content_sha256": manifest["content_sha256"],
+                                           "created": manifest["created"], "by": by}
+            write_json(self.root / model / RECORD, record)
+            return {"model": model, "version": version, "created": True, "path": final,
+                    "manifest_sha256": sha256_bytes(raw), "note": None}
+
+    def point(self, model: str, channel: str, version: str, *, by: str | None = None,
+              action: str = "promote") -> dict[str, Any]:
+        """Point `channel` at an existing, verified release (a no-op if it already points there)."""
+        check_channel(channel)
+        version = check_version(version)
+        with self.locked():
+            record = self.record(model)
+            if version not in record["releases"]:
+                raise RegistryError(f"{model}@{version}: no such release in {self.root}")
+            problems = verify_dir(self.release_dir(model, version), record["releases"][version]["manifest_sha256"])
+            if problems:
+                raise RegistryError(f"{model}@{version} fails verification, not pointing {channel!r} at it: "
+                                    + "; ".join(problems))
+            history = record["channels"].setdefault(channel, {"history": []})["history"]
+            stack = channel_stack(history)
+            previous = stack[-1] if stack else None
+            if previous == version and action == "promote":
+                return {"model": model, "channel": channel, "version": version, "previous": previous,
+                        "changed": False}
+            history.append({"version": version, "time": now_iso(), "by": by or actor(), "action": action,
+                            "from": previous, "manifest_sha256": record["releases"][version]["manifest_sha256"]})
+            write_json(self.root / model / RECORD, record)
+            return {"model": model, "channel": channel, "version": version, "previous": previous, "changed": True}
+
+    def rollback(self, model: str, channel: str, *, by: str | None = None) -> dict[str, Any]:
+        """Move `channel` back to the version it pointed at before the current one."""
+        with self.locked():
+            stack = channel_stack(self.record(check_name(model))["channels"].get(check_channel(channel), {})
+                                  .get("history", []))
+            if len(stack) < 2:
+                raise RegistryError(f"{model}@{channel}: no previous pointer to roll back to "
+                                    f"(history holds {len(stack)} version(s))")
+            return self.point(model, channel, stack[-2], by=by, action="rollback")
+
+    def pull(self, ref: str, dest: str | Path) -> dict[str, Any]:
+        """Copy a verified release to `dest` (a new/empty directory or an earlier pull) and check the copy."""
+        model, version = self.resolve(ref)
+        record = self.record(model)
+        src = self.release_dir(model, version)
+        problems = verify_dir(src, record["releases"][version]["manifest_sha256"])
+        if problems:
+            raise RegistryError(f"{model}@{version} fails verification, not pulled: " + "; ".join(problems))
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST).exists())):
+            raise RegistryError(f"{dest}: exists and is not an earlier pull; choose a new or empty directory")
+        files = list(self.manifest(model, version)["files"])
+        with atomic_dir(dest) as tmp:
+            copy_release(src, files, tmp)
+            problems = verify_dir(tmp, record["releases"][version]["manifest_sha256"])
+            if problems:
+                raise RegistryError(f"copy of {model}@{version} is corrupt: " + "; ".join(problems))
+        return {"model": model, "version": version, "path": dest, "files": len(files) + 1}
