@@ -104,6 +104,11 @@ def _run_stage(name: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["benchmark"]:  # argparse's REMAINDER refuses leading flags (--quick): forward them as given
+        from benchmarks.__main__ import main as bench_main
+
+        return int(bench_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     # Our own logs at INFO; third-party libraries (GX, NNCF, ...) only at WARNING unless --verbose.

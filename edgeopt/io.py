@@ -74,11 +74,30 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise ValueError(f"{path}: {what} is not valid JSON ({exc}); rerun the stage that writes it") from exc
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where the OS/filesystem lacks it."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `path` whole, on failure it is removed.
 
-    The previous content stays in place until the new one is complete.
+    The previous content stays in place until the new one is complete, and is swapped out atomically where the
+    OS allows it (Linux), so a run killed at any moment leaves either the old or the new tree under `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +107,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
+    if (path.exists() or path.is_symlink()) and _exchange(tmp, path):
+        _fsync_dir(path.parent)  # one atomic swap: a kill at any point leaves the old or the new tree in place
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()  # old tree
+        return
+    old = None  # no atomic exchange here: two renames (a kill between them leaves the old tree at .<name>.old-<pid>)
     if path.exists() or path.is_symlink():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)

@@ -8,13 +8,16 @@ objects: `torch.load(weights_only=True)` only.
 from __future__ import annotations
 
 import copy
+import io
 import math
-import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from edgeopt.io import atomic_write_bytes
 
 FORMAT = "edgeopt-checkpoint/1"
 ARCHS = ("small_cnn", "resnet18", "resnet34", "vgg16_bn", "mobilenet_v2")
@@ -179,24 +182,26 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any],
     payload = {"format": FORMAT, "config": config_of(model, config),
                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                "info": info or {}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # Serialise in memory: torch.save names the zip records after the file it writes, so saving to a temp file
+    # named per process made identical weights hash differently on every run (and DVC rerun every later stage).
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path, expect_arch: str | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Load (model in eval mode, config, info). Never unpickles arbitrary objects."""
+def load_checkpoint(path: str | Path, expect_arch: str | None = None,
+                    meta: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Load (model in eval mode, config, info). Never unpickles arbitrary objects.
+
+    With `meta` (data/prepared/meta.json), a model made for other data (channels, classes, image size) is refused.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found; run the stage that writes it first")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise next to the refusal below
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, foreign pickle, non-torch file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable edgeopt checkpoint (truncated, corrupt or contains "
@@ -204,21 +209,34 @@ def load_checkpoint(path: str | Path, expect_arch: str | None = None) -> tuple[n
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an edgeopt checkpoint (expected format {FORMAT!r}); "
                               "checkpoints come from `edgeopt train` and later stages")
-    config, state = payload["config"], payload["state_dict"]
+    config, state = payload.get("config"), payload.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path}: edgeopt checkpoint without an architecture config or a state dict "
+                              "(damaged or hand-made); rerun the stage that writes it")
     if expect_arch and config.get("arch") != expect_arch:
         raise CheckpointError(f"{path}: checkpoint is a {config.get('arch')!r} model, expected {expect_arch!r}")
     try:
         model = build_model(config)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: architecture config is incomplete ({exc})") from None
+    except CheckpointError as exc:  # unknown architecture, a recorded layer the architecture lacks
+        raise CheckpointError(f"{path}: {exc}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    bad_shapes = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    bad_shapes = [k for k, v in state.items()
+                  if k in own and (not isinstance(v, torch.Tensor) or own[k].shape != v.shape)]
     if missing or unexpected or bad_shapes:
         raise CheckpointError(
             f"{path}: weights do not match architecture {config.get('arch')!r}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {bad_shapes[:5]}")
+    if meta is not None:
+        wrong = [f"{k} {config.get(k)} (data: {meta.get(m)})" for k, m in
+                 (("in_channels", "channels"), ("num_classes", "num_classes"), ("image_size", "image_size"))
+                 if meta.get(m) is not None and config.get(k) != meta.get(m)]
+        if wrong:
+            raise CheckpointError(f"{path}: made for other data than data/prepared: {', '.join(wrong)}; "
+                                  "retrain it on the prepared data (`dvc repro`)")
     model.load_state_dict(state)
     model.eval()
     return model, config, payload.get("info", {})

@@ -212,10 +212,11 @@ class Params(_Section):
 
 
 def _format_error(err: ValidationError, source: str) -> str:
+    """One line for one problem (what a CLI prints on stderr); a header and one line per problem otherwise."""
     lines = [f"{source}: invalid parameters:"]
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")  # a cross-field check (Params._consistent) explains itself
         if e["type"] == "extra_forbidden":
             parent = ".".join(str(x) for x in e["loc"][:-1])
             allowed = _allowed_keys(parent)
@@ -223,6 +224,10 @@ def _format_error(err: ValidationError, source: str) -> str:
         elif "input" in e and e["type"] != "missing" and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  - {key}: {msg}")
+    if len(lines) == 2:
+        one = lines[1][4:]
+        return (f"{source}: contradictory parameters: {one.removeprefix('(top level): ')}"
+                if one.startswith("(top level): ") else f"{source}: invalid parameter {one}")
     return "\n".join(lines)
 
 
@@ -266,8 +271,11 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict[st
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params PATH")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: where and what (the full text quotes the file over several lines)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: "
+                          f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     return params_from_dict(apply_overrides(raw, overrides), source=str(path))

@@ -34,27 +34,28 @@ RECORD = "registry.json"
 LOCK = ".lock"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
-_SEMVER = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")
+_SEMVER = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$", re.ASCII)  # no "1١.0.0"
 _FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+# Always fullmatch: with re.match, '$' also matches before a trailing newline ('1.0.0\n' would pass).
 
 
 # --- names -------------------------------------------------------------------------------------------------
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise RegistryError(f"model name {name!r} refused: use 1-64 of a-z 0-9 . _ - starting with a letter or "
                             f"digit (no '/', '..' or absolute paths)")
     return name
 
 
 def check_channel(channel: str) -> str:
-    if not isinstance(channel, str) or not re.match(CHANNEL_PATTERN, channel):
+    if not isinstance(channel, str) or not re.fullmatch(CHANNEL_PATTERN, channel):
         raise RegistryError(f"channel {channel!r} refused: use 1-32 of a-z 0-9 _ - starting with a letter or digit")
     return channel
 
 
 def check_version(version: str) -> str:
     v = version[1:] if isinstance(version, str) and version.startswith("v") else version
-    if not isinstance(v, str) or not _SEMVER.match(v):
+    if not isinstance(v, str) or not _SEMVER.fullmatch(v):
         raise RegistryError(f"version {version!r} refused: use semantic versioning MAJOR.MINOR.PATCH, e.g. 1.4.2")
     return v
 
@@ -62,7 +63,8 @@ def check_version(version: str) -> str:
 def check_file_name(rel: str) -> str:
     """A file path inside a release: relative, plain parts only (a manifest cannot point outside its dir)."""
     parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
-    if not parts or rel.startswith("/") or "\\" in rel or not all(_FILE_PART.match(p) for p in parts):
+    if (not parts or rel != "/".join(parts)  # normalised only: no "a//b", "./a", "a/" (verify would never match)
+            or "\\" in rel or not all(_FILE_PART.fullmatch(p) for p in parts)):
         raise RegistryError(f"file name {rel!r} refused: release files must be relative paths of plain names "
                             f"(no '..', no absolute paths)")
     return rel
@@ -90,7 +92,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     check_name(model)
     if not selector:
         return model, None
-    if _SEMVER.match(selector.lstrip("v")):
+    if _SEMVER.fullmatch(selector.lstrip("v")):
         return model, check_version(selector)
     return model, check_channel(selector)
 
@@ -196,7 +198,7 @@ class Registry:
         found = set(self.record(model)["releases"])
         mdir = self.root / model
         if mdir.is_dir():
-            found |= {p.name for p in mdir.iterdir() if p.is_dir() and _SEMVER.match(p.name)}
+            found |= {p.name for p in mdir.iterdir() if p.is_dir() and _SEMVER.fullmatch(p.name)}
         return sorted(found, key=semver_key)
 
     def channel(self, model: str, channel: str) -> str | None:
@@ -212,7 +214,7 @@ class Registry:
             raise RegistryError(f"{model}: no releases in registry {self.root}; promote one first")
         if selector is None:
             return model, max(record["releases"], key=semver_key)
-        if _SEMVER.match(selector):
+        if _SEMVER.fullmatch(selector):
             if selector not in record["releases"]:
                 raise RegistryError(f"{model}@{selector}: no such release in {self.root} "
                                     f"(versions: {', '.join(sorted(record['releases'], key=semver_key))})")

@@ -5,6 +5,7 @@ import functools
 import logging
 import resource
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from edgeopt.io import write_json
@@ -21,6 +22,15 @@ class StageError(RuntimeError):
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process. On Linux VmHWM: ru_maxrss carries the parent's high-water mark across
+    fork + exec, so a stage started by a big process (`dvc repro`, a test runner with torch loaded) reported the
+    parent's size instead of its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,10 @@ def lineage(name: str, teacher: str) -> list[str]:
 class Source:
     """A PyTorch checkpoint, its logits on the parity images and its statistics (computed once)."""
 
-    def __init__(self, name: str, path: Path, x: np.ndarray, params: Params, root: Path):
+    def __init__(self, name: str, path: Path, x: np.ndarray, params: Params, root: Path, meta: dict | None = None):
         self.name, self.path = name, path
         self.rel = (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
-        self.model, self.config, info = load_checkpoint(path)
+        self.model, self.config, info = load_checkpoint(path, meta=meta)  # made for other data -> CheckpointError
         with torch.no_grad():
             self.logits = self.model(torch.from_numpy(x)).numpy()
         c, h = self.config["in_channels"], self.config["image_size"]
@@ -136,7 +137,7 @@ def _copy_quantized(q: dict[str, Any], paths: Paths, out_dir: Path, sources: dic
     key = ckpt.as_posix()
     if key not in sources:
         try:
-            sources[key] = Source(q["source"], ckpt, x, params, paths.root)
+            sources[key] = Source(q["source"], ckpt, x, params, paths.root, load_meta(paths.prepared))
         except CheckpointError as exc:
             sources[key] = None
             log.warning("%s", exc)
@@ -169,7 +170,14 @@ def _real_checkpoint(path) -> bool:
         return False
     import torch
 
-    return not torch.load(path, map_location="cpu", weights_only=True).get("info", {}).get("skipped", False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # corrupt or not tensors only: Source() loads it via load_checkpoint, which says so and names it
+        return True
+    info = payload.get("info") if isinstance(payload, dict) else None
+    return not (isinstance(info, dict) and info.get("skipped", False))
 
 
 @stage("export")
@@ -192,7 +200,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         sources: dict[str, Source | None] = {}
         entries: list[dict[str, Any]] = []
         for name in fp32_sources:
-            src = Source(name, paths.checkpoint(name), x, params, paths.root)  # baseline missing -> CheckpointError
+            src = Source(name, paths.checkpoint(name), x, params, paths.root, meta)  # missing/bad -> CheckpointError
             sources[src.path.as_posix()] = src
             entries += _export_fp32(src, out_dir, allowed, x, params)
         for q in quantized:

@@ -18,6 +18,7 @@ from edgeopt.paths import Paths
 from edgeopt.stage import stage
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+HIGH_DEPTH_MODES = {"I", "F"}  # 32-bit int/float (and "I;16*" variants): no defined mapping to uint8 pixels
 SAMPLES_PER_SPLIT = 10  # test images also written as PNG, for `edgeopt predict` demos and device checks
 
 
@@ -78,7 +79,9 @@ def load_imagefolder_source(cfg: Data, project_root: Path) -> tuple[np.ndarray, 
     if not class_dirs:
         raise DataError(f"{root}: no class folders found; expected root/<class>/<image>.png|jpg")
     problems: dict[str, list[str]] = {"empty class folder": [], "not an image file": [], "corrupt or truncated image": [],
-                                      "wrong size (data.resize is false)": []}
+                                      "wrong size (data.resize is false)": [],
+                                      "unsupported mode (16-bit/float; convert to 8-bit)": [],
+                                      "too large (decompression bomb guard)": []}
     images, labels, names = [], [], []
     for label, cdir in enumerate(class_dirs):
         files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -93,10 +96,16 @@ def load_imagefolder_source(cfg: Data, project_root: Path) -> tuple[np.ndarray, 
             try:
                 with Image.open(f) as im:
                     im.load()  # decodes fully: catches truncated files that verify() misses
+                    if im.mode in HIGH_DEPTH_MODES or im.mode.startswith("I;"):  # convert() would clip to 0/255
+                        problems["unsupported mode (16-bit/float; convert to 8-bit)"].append(f"{rel} is {im.mode}")
+                        continue
                     if not cfg.resize and im.size != (cfg.image_size, cfg.image_size):
                         problems["wrong size (data.resize is false)"].append(f"{rel} is {im.size[0]}x{im.size[1]}")
                         continue
                     images.append(_to_contract(im, cfg))
+            except Image.DecompressionBombError as exc:
+                problems["too large (decompression bomb guard)"].append(f"{rel} ({str(exc).split(',')[0]})")
+                continue
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 problems["corrupt or truncated image"].append(f"{rel} ({type(exc).__name__})")
                 continue

@@ -44,6 +44,29 @@ def load_gate_report(paths: Paths) -> dict[str, Any]:
     return report
 
 
+def check_rederived(report: dict[str, Any], params: Params, paths: Paths) -> None:
+    """The digest is not keyed: an edited report with a recomputed digest passes that check. So rebuild the report
+    from its inputs with its own thresholds and target, and refuse unless it is the very same report."""
+    from pydantic import ValidationError
+
+    from edgeopt.params import Params as ParamsModel
+    from stages.gate import build_report
+
+    path = paths.report("gate.json")
+    try:
+        p = ParamsModel.model_validate({**params.dump(), "gate": report["thresholds"], "target": report["target"]})
+    except (KeyError, TypeError, ValidationError):
+        raise StaleInputsError(f"{path}: thresholds/target unreadable (edited by hand?); rerun `edgeopt gate`") \
+            from None
+    src = report.get("latency_source") or {}
+    device = None
+    if src.get("device_report"):
+        device = Path(src["path"]) if Path(src["path"]).is_absolute() else paths.root / src["path"]
+    if build_report(p, paths, device)["digest"] != report["digest"]:
+        raise StaleInputsError(f"{path}: does not match a re-evaluation of its own inputs (edited by hand and the "
+                               "digest recomputed?); rerun `edgeopt gate`")
+
+
 def gate_row(report: dict[str, Any], candidate: str | None) -> dict[str, Any]:
     """The row to release: the gate's pick, or a named candidate that passed."""
     rows = {r["name"]: r for r in report.get("rows", [])}
@@ -156,6 +179,7 @@ def promote_from_gate(params: Params, paths: Paths, *, channel: str | None = Non
     report = load_gate_report(paths)
     row = gate_row(report, candidate)
     files, expected = release_files(row, report["sha256"].get(row["name"], {}), paths)
+    check_rederived(report, params, paths)
     primary = next((n for n, src in files.items() if src == paths.exported / row["primary"]), None)
     if primary is None:
         raise StaleInputsError(f"{paths.candidates}: primary file {row['primary']!r} of {row['name']} is not among "
@@ -164,9 +188,11 @@ def promote_from_gate(params: Params, paths: Paths, *, channel: str | None = Non
     cfg = params.registry
     registry = Registry(paths.registry(cfg.root))
     by = actor(via)
-    res = registry.publish(cfg.model_name, files, manifest, version=version, bump=cfg.bump, by=by,
-                           expected_sha256=expected)
-    moved = registry.point(cfg.model_name, channel or cfg.channel, res["version"], by=by)
+    with registry.locked():  # re-entrant: release and channel move as one step, so racing promotions of other
+        # candidates leave the channel history in release order (the channel ends at the release made last)
+        res = registry.publish(cfg.model_name, files, manifest, version=version, bump=cfg.bump, by=by,
+                               expected_sha256=expected)
+        moved = registry.point(cfg.model_name, channel or cfg.channel, res["version"], by=by)
     tag, tag_note = None, "tagging off (registry.tag: false)"
     if cfg.tag and res["created"]:
         tag, tag_note = git_tag(paths.root, cfg.model_name, res["version"],
