@@ -1,0 +1,256 @@
+"""`python -m benchmarks` (also `edgeopt benchmark ...`): compression results and pipeline cost in one run.
+
+    python -m benchmarks                 # full mode (< 40 min on 2 cores): real CIFAR-10 images, ResNet-18 x0.5
+    python -m benchmarks --quick         # a few minutes: tiny epochs, 100 images per class, width 0.25
+    python -m benchmarks --smoke         # the runner's own test (~1-2 min): meaningless numbers
+    python -m benchmarks --data PATH     # an image folder root/<class>/<image>, or a folder with cifar-10-batches-py
+    python -m benchmarks --set prune.ratio=0.55 --set digits:train.epochs=5   # params overrides per chain
+
+Writes DIR/benchmark.json and DIR/benchmark.md (DIR = --out, default benchmarks/results/<timestamp>-<mode>/)
+plus the work directories of every chain under DIR/work/. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+FORMAT = "edgeopt-benchmark/1"
+WIDTH_NOTE = ("the full-width ResNet-18 (557 M MACs) cannot be trained and compressed within the mode's time "
+              "budget on this CPU; every ratio is against this same-width baseline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a few minutes: tiny epochs, fewer images, small width")
+    mode.add_argument("--smoke", action="store_true", help="the runner's self-test: tiny everything, in-process")
+    p.add_argument("--out", metavar="DIR", help="result directory (default: benchmarks/results/<timestamp>-<mode>)")
+    p.add_argument("--data", metavar="PATH", help="real images: image folder root/<class>/<img> or a folder "
+                   "holding cifar-10-batches-py (default: ../shared/data/cifar10-subset/train next to the repo, "
+                   "else CIFAR-10 under data.root, else digits with a note)")
+    p.add_argument("--params", default=str(REPO / "params.yaml"), help="base params file (default: the repo's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[CHAIN:]KEY=VALUE",
+                   help="override a parameter of the realistic chain (or of the digits chain with the "
+                        "`digits:` prefix), e.g. --set prune.ratio=0.55; repeatable")
+    p.add_argument("--skip-digits", action="store_true", help="skip the default (digits) chain's cost run")
+    p.add_argument("--skip-throughput", action="store_true", help="skip train stage vs bare loop")
+    p.add_argument("--in-process", action="store_true", default=None,
+                   help="run stages in this process (no per-stage peak memory; faster start-up)")
+    p.add_argument("--subprocess", dest="in_process", action="store_false",
+                   help="run each stage in its own process (the default except in --smoke)")
+    return p
+
+
+class Console:
+    def __init__(self, log: Path):
+        self.t0 = time.perf_counter()
+        self.log = log
+
+    def __call__(self, msg: str) -> None:
+        el = int(time.perf_counter() - self.t0)
+        line = f"[{el // 60:02d}:{el % 60:02d}] {msg}"
+        print(line, flush=True)
+        with open(self.log, "a") as fh:
+            fh.write(line + "\n")
+
+
+def split_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {"realistic": {}, "digits": {}}
+    for item in items:
+        chain, _, rest = item.partition(":") if ":" in item.split("=", 1)[0] else ("realistic", "", item)
+        if chain not in out:
+            raise ValueError(f"--set {item}: unknown chain {chain!r}; use realistic: or digits:")
+        key, sep, value = rest.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item}: expected KEY=VALUE")
+        out[chain][key.strip()] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("EDGEOPT_NO_PROGRESS", "1")
+    from benchmarks.profiles import PROFILES
+
+    profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out).resolve() if args.out else RESULTS / f"{stamp}-{profile.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    say = Console(out / "benchmark.log")
+    try:
+        return run(args, list(sys.argv[1:] if argv is None else argv), profile, out, say)
+    except KeyboardInterrupt:
+        say("interrupted; partial results are in " + str(out))
+        return 130
+
+
+def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> int:
+    from benchmarks import chain as ch
+    from benchmarks import compression, datasource, environment, markdown, throughput
+    from benchmarks.profiles import COMMON
+    from edgeopt.io import write_json
+    from edgeopt.params import ParamsError, load_params
+
+    in_process = profile.in_process if args.in_process is None else args.in_process
+    base_params = Path(args.params).resolve()
+    started = dt.datetime.now().astimezone()
+    t0 = time.perf_counter()
+    try:
+        user = split_overrides(args.overrides)
+        base = load_params(base_params)
+        data = datasource.resolve(args.data, REPO, base.data.root)
+    except (ValueError, ParamsError) as exc:
+        print(f"benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    realistic_over = {**COMMON, **profile.realistic, **data["overrides"], **user["realistic"]}
+    digits_over = {**COMMON, **profile.digits, **user["digits"]}
+    doc: dict[str, Any] = {
+        "format": FORMAT, "mode": profile.name, "description": profile.description,
+        "started": started.isoformat(timespec="seconds"), "finished": None, "duration_s": None,
+        "argv": list(argv),
+        "environment": environment.environment(REPO),
+        "settings": {"budget_s": profile.budget_s, "data": {k: v for k, v in data.items() if k != "overrides"},
+                     "notes": list(profile.notes) + ([data["note"]] if data["source"] == "digits" else []),
+                     "execution": "in-process" if in_process else "subprocess per stage",
+                     "overrides": {"realistic": realistic_over, "digits": digits_over}},
+        "compression": None, "cost": {}, "training_throughput": None, "errors": []}
+    json_path, md_path = out / "benchmark.json", out / "benchmark.md"
+
+    def save() -> None:
+        doc["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        doc["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+        doc["duration_s"] = round(time.perf_counter() - t0, 1)
+        write_json(json_path, doc)
+        md_path.write_text(markdown.render(doc))
+
+    hw = doc["environment"]["hardware"]
+    load = (hw.get("load_average_at_start") or [0.0])[0]
+    if load > 0.5 * hw["cores"]:
+        doc["settings"]["notes"].append(
+            f"the machine was busy when the benchmark started (load average {load:.1f} on {hw['cores']} cores): "
+            "timings are inflated, multi-threaded ones most (threads wait for each other at every layer when "
+            "another process holds a core); rerun on a quiet machine for representative figures")
+    say(f"edgeopt benchmark, {profile.name} mode: {profile.description}")
+    say(f"hardware: {hw['cpu']}, {hw['cores']} cores; git {doc['environment']['git'].get('short')}"
+        f"{' (dirty)' if doc['environment']['git'].get('dirty') else ''}; results in {out}")
+    say(f"data: {data['note']}")
+    say(f"mode goal: under {ch.fmt_s(profile.budget_s)} on a quiet 2-core machine; per-stage ETAs below")
+    stages = ch.pipeline_stages()
+    work = out / "work"
+
+    # 1. the default run (digits, params.yaml as is in full mode): cost only
+    if profile.digits_chain and not args.skip_digits:
+        digits = ch.Chain("digits", work / "digits", digits_over, in_process, say)
+        try:
+            digits.setup(base_params)
+            prev = ch.previous_timings(RESULTS, profile.name, "digits", exclude=out)
+            digits.run(stages, ch.Estimator(digits, prev))
+        except ParamsError as exc:
+            doc["errors"].append(f"digits chain: {exc}")
+        doc["cost"]["digits"] = digits.summary()
+        if not digits.summary()["ok"]:
+            doc["errors"].append("digits chain failed: " + "; ".join(
+                f"{k}: {v['reason']}" for k, v in doc["cost"]["digits"]["stages"].items() if v["status"] == "failed"))
+        save()
+
+    # 2. the realistic chain: compression settings of the mode on real images
+    real = ch.Chain("realistic", work / "realistic", realistic_over, in_process, say)
+    try:
+        params = real.setup(base_params)
+    except ParamsError as exc:
+        doc["errors"].append(f"realistic chain: {exc}")
+        save()
+        say(f"realistic chain: bad parameters: {exc}")
+        return 2
+    doc["settings"]["model"] = {"arch": params.model.arch, "width": params.model.width,
+                                "small_input": params.model.small_input,
+                                "width_note": WIDTH_NOTE if params.model.width < 1 else None}
+    prev = ch.previous_timings(RESULTS, profile.name, "realistic", exclude=out)
+    est = ch.Estimator(real, prev)
+    ok = real.run(stages[:2], est, total=len(stages))  # prepare, validate
+
+    # 3. training throughput on the realistic data, before training (it also calibrates the ETAs)
+    if ok and not args.skip_throughput:
+        try:
+            tp = throughput.measure_in_subprocess(real.workdir / "data" / "prepared", real.params_file,
+                                                  work / "throughput", profile.throughput_epochs,
+                                                  profile.throughput_repeats, say)
+            doc["training_throughput"] = tp
+            est.train_ips = tp["stage_images_per_s"]
+            say(f"[throughput] bare {tp['bare_images_per_s']:.1f} img/s, stage {tp['stage_images_per_s']:.1f} "
+                f"img/s: overhead {tp['overhead_pct']:+.1f} % ({'met' if tp['met'] else 'NOT met'})")
+        except Exception as exc:
+            doc["errors"].append(f"training throughput: {type(exc).__name__}: {exc}")
+            say(f"[throughput] failed: {exc}")
+            traceback.print_exc()
+        save()
+    if ok:
+        real.run(stages[2:], est, total=len(stages))
+    doc["cost"]["realistic"] = real.summary()
+    train_m = real.metrics("train") or {}
+    if doc["training_throughput"] and train_m.get("train_images_per_s"):
+        doc["training_throughput"]["realistic_run_stage_images_per_s"] = train_m["train_images_per_s"]
+        doc["training_throughput"]["realistic_run_augment"] = params.train.augment
+    if not real.summary()["ok"]:
+        doc["errors"].append("realistic chain failed: " + "; ".join(
+            f"{k}: {v['reason']}" for k, v in doc["cost"]["realistic"]["stages"].items() if v["status"] == "failed"))
+    save()
+
+    # 4. plain NNCF INT8 of the unpruned baseline: the quantize stage in a side project
+    from edgeopt.paths import Paths
+
+    paths = Paths(real.workdir)
+    side_dir = None
+    if paths.checkpoint("baseline").is_file() and paths.prepared.is_dir():
+        side_dir = compression.side_project(paths, work / "baseline_int8")
+        side = ch.Chain("baseline_int8", side_dir, {**realistic_over, **compression.SIDE_OVERRIDES}, in_process, say)
+        try:
+            side.setup(base_params)
+            side.run(["quantize"], ch.Estimator(side, {}))
+        except ParamsError as exc:
+            doc["errors"].append(f"baseline_int8 side run: {exc}")
+        doc["cost"]["baseline_int8"] = side.summary()
+        save()
+
+    # 5. every row under one protocol, ratios, targets
+    if paths.candidates.is_file() and paths.metrics("evaluate").is_file():
+        try:
+            say("[compression] measuring every row (accuracy, size, latency)")
+            doc["compression"] = compression.build_rows(
+                paths, params, side_dir, warmup=profile.warmup, runs=profile.runs, rounds=profile.rounds,
+                batch=profile.batch, batch_runs=profile.batch_runs, say=say)
+        except Exception as exc:
+            doc["errors"].append(f"compression rows: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+    else:
+        doc["errors"].append("compression rows: the realistic chain did not reach evaluate; no rows")
+    save()
+    print_summary(doc, say)
+    say(f"wrote {json_path} and {md_path}")
+    return 0 if not doc["errors"] else 1
+
+
+def print_summary(doc: dict[str, Any], say) -> None:
+    comp = doc.get("compression") or {}
+    t = comp.get("targets") or {}
+    if t.get("candidate"):
+        say(f"targets for {t['candidate']} ({t['selected_by']}): {'ALL MET' if t['all_met'] else 'NOT ALL MET'}")
+        for it in t["items"]:
+            say(f"  {it['name']}: {it['value']} (need {it['op']} {it['limit']}) -> "
+                f"{ {True: 'met', False: 'NOT MET', None: 'not measured'}[it['met']]}")
+    for label, c in (doc.get("cost") or {}).items():
+        say(f"cost {label}: {c['total_wall_s']:.0f} s total, max peak RSS {c['max_peak_rss_mb']} MB")
+    say(f"total benchmark time {doc['duration_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""The compression table: every row measured in this process under one protocol, its ratios and the targets.
+
+Rows: FP32 PyTorch eager of the baseline checkpoint, every candidate of the pipeline's models/exported/
+(including the FP32 ONNX Runtime and OpenVINO exports of the baseline), and plain NNCF INT8 of the unpruned
+baseline (`baseline_ov_int8`, made by the quantize stage itself in a side work directory, see
+`quantize_baseline`).
+
+Nothing here re-implements a pipeline step: accuracy in a runtime is `stages.evaluate.accuracy_in_runtime`
+(the candidates' figures are read from the pipeline's metrics/evaluate.json, which ran that very function on
+the same test split), PyTorch accuracy is `edgeopt.training.evaluate`, models are loaded with
+`edgeopt.runtime.load_model` and timed with `edgeopt.runtime.time_calls` (the bench stage's timer), sizes are
+`edgeopt.io.tree_size` / `gzip_size`.
+
+Latency protocol: batch 1, one fixed real test image, `warmup` untimed calls then `runs` timed calls, with 1
+thread and with all cores; all rows are measured in `rounds` interleaved passes and each row keeps its round
+with the lowest p50 (the least disturbed by other load). Throughput at batch 1 = 1000 / mean latency;
+batched throughput (all cores) is reported separately.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeopt.io import gzip_size, read_json, tree_size
+from edgeopt.paths import Paths
+
+PYTORCH_ROW = "baseline_fp32_pytorch"
+INT8_ROW = "baseline_ov_int8"
+TARGETS = {"max_accuracy_drop_pt": 1.0, "min_size_x_vs_onnx_fp32": 20.0, "min_speedup_vs_pytorch_eager": 15.0,
+           "min_speedup_vs_baseline_ov_int8": 2.5}
+SIDE_SOURCE = "finetuned"  # the side project's quantize.source slot that holds a copy of the baseline
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# --- plain INT8 of the unpruned baseline --------------------------------------------------------------------
+
+def side_project(main: Paths, side_dir: Path) -> Path:
+    """A project whose `finetuned` checkpoint is the main project's baseline, sharing its prepared data, so the
+    quantize stage (quantize.source=finetuned) quantizes the unpruned baseline with its own code."""
+    shutil.rmtree(side_dir, ignore_errors=True)
+    (side_dir / "data").mkdir(parents=True)
+    (side_dir / "data" / "prepared").symlink_to(main.prepared.resolve(), target_is_directory=True)
+    (side_dir / "models").mkdir()
+    shutil.copy2(main.checkpoint("baseline"), side_dir / "models" / f"{SIDE_SOURCE}.pt")
+    shutil.copy2(main.checkpoint("baseline"), side_dir / "models" / "baseline.pt")
+    return side_dir
+
+
+SIDE_OVERRIDES = {"quantize.source": SIDE_SOURCE, "quantize.modes": ["ov_int8"], "quantize.keep_sensitive": 0,
+                  "quantize.qat": False, "distill.enabled": False, "sensitivity.enabled": False}
+
+
+def side_int8_model(side_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+    """(model.xml, index entry) of the ov_int8 candidate the side quantize run produced."""
+    index = side_dir / "models" / "quantized" / "index.json"
+    if not index.is_file():
+        return None, {"status": "failed", "reason": f"{index} not written"}
+    for c in read_json(index).get("candidates", []):
+        if c.get("mode") == "ov_int8" and c.get("source") == SIDE_SOURCE:
+            if c.get("status") != "ok":
+                return None, c
+            return side_dir / "models" / "quantized" / c["primary"], c
+    return None, {"status": "failed", "reason": f"{index}: no ov_int8 candidate of source {SIDE_SOURCE!r}"}
+
+
+# --- measurement --------------------------------------------------------------------------------------------
+
+@dataclass
+class Timed:
+    """One row's runnable model per thread count."""
+    name: str
+    call: Callable[[int, np.ndarray], Callable[[], Any]]  # (threads, x) -> zero-arg call
+
+
+def _torch_timer(model) -> Callable[[int, np.ndarray], Callable[[], Any]]:
+    import torch
+
+    def make(threads: int, x: np.ndarray) -> Callable[[], Any]:
+        xt = torch.from_numpy(x)
+        torch.set_num_threads(threads)  # for the timing that follows (made right before it is timed)
+
+        def call():
+            with torch.inference_mode():
+                return model(xt)
+        return call
+    return make
+
+
+def _runtime_timer(path: Path, runtime: str, device: str) -> Callable[[int, np.ndarray], Callable[[], Any]]:
+    from edgeopt.runtime import load_model
+
+    loaded: dict[int, Any] = {}
+
+    def make(threads: int, x: np.ndarray) -> Callable[[], Any]:
+        if threads not in loaded:
+            loaded[threads] = load_model(path, runtime=runtime, threads=threads, device=device)
+        m = loaded[threads]
+        return lambda: m.predict(x)
+    return make
+
+
+def measure_latency(timers: list[Timed], x1: np.ndarray, xb: np.ndarray | None, *, warmup: int, runs: int,
+                    rounds: int, batch_runs: int, say: Callable[[str], None] = print) -> dict[str, dict]:
+    """{row: {"1_thread": summary, "all_cores": summary, "batch": {...}}} (see the module docstring)."""
+    from edgeopt.runtime import time_calls
+
+    n_all = cores()
+    settings = {"1_thread": 1, "all_cores": n_all}
+    out: dict[str, dict] = {t.name: {"1_thread": None, "all_cores": None, "batch": None, "error": None}
+                            for t in timers}
+    p50s: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        say(f"[latency] round {r + 1}/{rounds}: {len(timers)} rows x {list(settings)}, {runs} runs each")
+        for t in timers:
+            if out[t.name]["error"]:
+                continue
+            for key, threads in settings.items():
+                try:
+                    s = time_calls(t.call(threads, x1), warmup=warmup, runs=runs)
+                except Exception as exc:  # a row that cannot run is reported, the others go on
+                    out[t.name]["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                    break
+                p50s.setdefault((t.name, key), []).append(s["p50_ms"])
+                best = out[t.name][key]
+                if best is None or s["p50_ms"] < best["p50_ms"]:
+                    out[t.name][key] = {**s, "threads": threads}
+    for t in timers:
+        for key in settings:
+            if out[t.name][key] is not None:
+                out[t.name][key]["p50_rounds_ms"] = p50s.get((t.name, key), [])
+        if xb is not None and not out[t.name]["error"]:
+            try:
+                s = time_calls(t.call(n_all, xb), warmup=2, runs=batch_runs)
+                out[t.name]["batch"] = {"batch": int(len(xb)), "threads": n_all, "mean_ms": s["mean_ms"],
+                                        "images_per_s": round(len(xb) * 1000.0 / s["mean_ms"], 1)}
+            except Exception as exc:
+                out[t.name]["batch"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return out
+
+
+def _sizes(files: list[Path]) -> tuple[int | None, int | None]:
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return None, None
+    return sum(tree_size(f) for f in files), sum(gzip_size(f) for f in files)
+
+
+def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs: int, rounds: int,
+               batch: int, batch_runs: int, say: Callable[[str], None] = print) -> dict[str, Any]:
+    import torch
+
+    from edgeopt.arrays import load_meta, normalize, open_split
+    from edgeopt.models import load_checkpoint
+    from edgeopt.stats import model_stats
+    from edgeopt.training import Splits, evaluate
+    from stages.evaluate import accuracy_in_runtime
+
+    meta = load_meta(paths.prepared)
+    test_x, test_y = open_split(paths.prepared, "test")
+    x1 = normalize(test_x[:1], meta["mean"], meta["std"])
+    xb = normalize(test_x[:batch], meta["mean"], meta["std"]) if batch else None
+    cands = read_json(paths.candidates, "candidates file")
+    ev = read_json(paths.metrics("evaluate"), "evaluation")["candidates"]
+    gate = _optional(paths.report("gate.json"))
+    device = params.target.device
+    rows: list[dict[str, Any]] = []
+    timers: list[Timed] = []
+
+    # FP32 PyTorch eager of the baseline checkpoint
+    ckpt = paths.checkpoint("baseline")
+    model, cfg, _ = load_checkpoint(ckpt)
+    shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+    torch.set_num_threads(cores())
+    acc = evaluate(model, Splits.load(paths.prepared), "test", batch_size=params.evaluate.batch_size)["accuracy"]
+    stats = model_stats(model, shape)
+    size, gz = _sizes([ckpt])
+    rows.append({"name": PYTORCH_ROW, "kind": "reference", "source": "baseline", "runtime": "pytorch",
+                 "precision": "fp32", "technique": f"FP32 PyTorch {torch.__version__} eager (checkpoint file)",
+                 "stages": ["train"], "status": "ok", "reason": None, "accuracy": round(acc, 4),
+                 "size_bytes": size, "gzip_bytes": gz, "params": stats["params"],
+                 "nonzero_params": stats["nonzero_params"], "macs": stats["macs"],
+                 "files": [_rel(ckpt, paths.root)]})
+    timers.append(Timed(PYTORCH_ROW, _torch_timer(model)))
+
+    # plain NNCF INT8 of the unpruned baseline (side project)
+    int8_row = {"name": INT8_ROW, "kind": "baseline", "source": "baseline", "runtime": "openvino",
+                "precision": "int8", "technique": "NNCF PTQ static INT8 (OpenVINO) of the unpruned baseline, "
+                "made by the quantize stage (mode ov_int8) in a side work dir", "stages": ["train", "quantize"],
+                "params": stats["params"], "nonzero_params": stats["nonzero_params"], "macs": stats["macs"]}
+    xml, entry = side_int8_model(side_dir) if side_dir else (None, {"status": "failed",
+                                                                      "reason": "side quantize not run"})
+    if xml is not None:
+        files = [xml, xml.with_suffix(".bin")]
+        size, gz = _sizes(files)
+        try:
+            from edgeopt.runtime import load_model
+
+            m = load_model(xml, runtime="openvino", device=device)
+            acc, _ = accuracy_in_runtime(m, test_x, test_y, meta, params.evaluate.batch_size)
+            int8_row.update(status="ok", reason=None, accuracy=round(acc, 4), size_bytes=size, gzip_bytes=gz,
+                            files=[_rel(f, paths.root) for f in files], details=entry.get("details"))
+            timers.append(Timed(INT8_ROW, _runtime_timer(xml, "openvino", device)))
+        except Exception as exc:
+            int8_row.update(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+    else:
+        int8_row.update(status="failed", reason=entry.get("reason") or "side quantize failed")
+    pipeline_rows = []
+    for c in cands["candidates"]:
+        e = ev.get(c["name"], {})
+        files = [paths.exported / f for f in c.get("files", [])]
+        size, gz = _sizes(files)
+        row = {"name": c["name"], "kind": "baseline" if c.get("source") == "baseline" else "candidate",
+               "source": c.get("source"), "runtime": c.get("runtime"), "precision": c.get("precision"),
+               "technique": c.get("technique"), "stages": c.get("stages", []),
+               "status": "ok" if c.get("status") == "ok" and e.get("status") == "ok" else "failed",
+               "reason": c.get("reason") or e.get("reason"), "accuracy": e.get("accuracy"),
+               "size_bytes": size, "gzip_bytes": gz, "params": c.get("params"),
+               "nonzero_params": c.get("nonzero_params"), "macs": c.get("macs"),
+               "unique_weights": c.get("unique_weights"), "files": [_rel(f, paths.root) for f in files]}
+        pipeline_rows.append(row)
+        if row["status"] == "ok":
+            timers.append(Timed(c["name"], _runtime_timer(paths.exported / c["primary"], c["runtime"], device)))
+    # order: references first, then the pipeline's candidates in export order
+    base_names = [n for n in ("baseline_fp32_ort", "baseline_fp32_ov") if any(r["name"] == n for r in pipeline_rows)]
+    rows += [r for n in base_names for r in pipeline_rows if r["name"] == n]
+    rows.append(int8_row)
+    rows += [r for r in pipeline_rows if r["name"] not in base_names]
+
+    say(f"[latency] {len(timers)} rows to time (batch 1, 1 thread and {cores()} threads)")
+    lat = measure_latency(timers, x1, xb, warmup=warmup, runs=runs, rounds=rounds, batch_runs=batch_runs, say=say)
+    for r in rows:
+        m = lat.get(r["name"])
+        r["latency"] = {"1_thread": m["1_thread"], "all_cores": m["all_cores"]} if m else None
+        r["throughput_batch"] = m["batch"] if m else None
+        if m and m["error"]:
+            r.update(status="failed", reason=f"latency: {m['error']}")
+    _drops(rows, cands.get("baselines", {}))
+    refs = {"pytorch_fp32": PYTORCH_ROW, "openvino_fp32": cands.get("baselines", {}).get("openvino"),
+            "onnx_fp32": cands.get("baselines", {}).get("onnxruntime"), "baseline_ov_int8": INT8_ROW}
+    _ratios(rows, refs)
+    selected, selected_by = _selected(rows, gate, params)
+    for r in rows:
+        r["selected"] = r["name"] == selected
+    return {"rows": rows, "references": refs, "selected": selected, "selected_by": selected_by,
+            "gate": _gate_summary(gate),
+            "targets": targets(rows, selected, selected_by, refs),
+            "protocol": {"batch": 1, "input": "one real test image, normalised by the input contract",
+                         "warmup": warmup, "runs": runs, "rounds": rounds, "kept": "round with the lowest p50",
+                         "threads": {"1_thread": 1, "all_cores": cores()},
+                         "batch_throughput": {"batch": batch, "threads": cores(), "runs": batch_runs} if batch else None,
+                         "openvino": "PERFORMANCE_HINT=LATENCY, 1 stream, INFERENCE_PRECISION_HINT=f32 "
+                                     "(edgeopt.runtime.load_model)",
+                         "accuracy": f"test split, {len(test_y)} images",
+                         "size": "bytes of the shipped files (PyTorch: the checkpoint file); gzip -9 beside"}}
+
+
+def _optional(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_json(path)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _drops(rows: list[dict[str, Any]], baselines: dict[str, str]) -> None:
+    """drop: points below the FP32 baseline in the same runtime (PyTorch for the PyTorch row), as evaluate
+    defines it; drop_vs_pytorch: below FP32 PyTorch eager."""
+    by = {r["name"]: r for r in rows}
+    pt = by[PYTORCH_ROW].get("accuracy")
+    for r in rows:
+        acc = r.get("accuracy")
+        base_name = PYTORCH_ROW if r["runtime"] == "pytorch" else baselines.get(r["runtime"])
+        base = by.get(base_name or "", {}).get("accuracy")
+        r["drop_against"] = base_name
+        r["drop"] = round(base - acc, 4) if acc is not None and base is not None else None
+        r["drop_vs_pytorch"] = round(pt - acc, 4) if acc is not None and pt is not None else None
+
+
+def _x(num: float | None, den: float | None) -> float | None:
+    return round(num / den, 3) if num and den else None
+
+
+def _ratios(rows: list[dict[str, Any]], refs: dict[str, str | None]) -> None:
+    """How many times smaller / faster than each reference (>1 = better than the reference)."""
+    by = {r["name"]: r for r in rows}
+    for r in rows:
+        r["ratios"] = {}
+        for key in ("pytorch_fp32", "openvino_fp32", "onnx_fp32", "baseline_ov_int8"):
+            ref = by.get(refs.get(key) or "")
+            if ref is None:
+                r["ratios"][key] = None
+                continue
+            out = {"reference": ref["name"], "size_x": _x(ref.get("size_bytes"), r.get("size_bytes")),
+                   "gzip_x": _x(ref.get("gzip_bytes"), r.get("gzip_bytes")),
+                   "macs_x": _x(ref.get("macs"), r.get("macs")), "params_x": _x(ref.get("params"), r.get("params"))}
+            for setting in ("1_thread", "all_cores"):
+                a, b = (ref.get("latency") or {}).get(setting), (r.get("latency") or {}).get(setting)
+                out[f"p50_speedup_{setting}"] = _x(a and a["p50_ms"], b and b["p50_ms"])
+                out[f"p90_speedup_{setting}"] = _x(a and a["p90_ms"], b and b["p90_ms"])
+            r["ratios"][key] = out
+
+
+def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    if gate is None:
+        return None
+    return {"status": gate.get("status"), "selected": gate.get("selected"), "passed": gate.get("passed"),
+            "thresholds": gate.get("thresholds"), "error": gate.get("error")}
+
+
+def _selected(rows: list[dict[str, Any]], gate: dict[str, Any] | None, params) -> tuple[str | None, str]:
+    if gate and gate.get("selected"):
+        return gate["selected"], "gate"
+    ok = [r for r in rows if r["kind"] == "candidate" and r["status"] == "ok" and r.get("latency")]
+    if not ok:
+        return None, "none: no candidate ran"
+    within = [r for r in ok if r.get("drop") is not None and r["drop"] <= params.gate.max_accuracy_drop]
+    pool = within or ok
+    pick = min(pool, key=lambda r: r["latency"]["1_thread"]["p50_ms"])
+    why = "gate passed none" if gate else "no gate report"
+    return pick["name"], (f"fallback ({why}): fastest candidate (1 thread p50) "
+                          + ("within the accuracy-drop limit" if within else "of all (none within the drop limit)"))
+
+
+def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
+            refs: dict[str, str | None]) -> dict[str, Any]:
+    """The issue's targets for the promoted candidate, with the measured figures whether met or not."""
+    by = {r["name"]: r for r in rows}
+    row = by.get(selected or "")
+    if row is None:
+        return {"candidate": None, "selected_by": selected_by, "items": [], "all_met": False}
+
+    def p50(name: str | None) -> float | None:
+        r = by.get(name or "")
+        lat = (r or {}).get("latency") or {}
+        return (lat.get("1_thread") or {}).get("p50_ms")
+
+    onnx = by.get(refs.get("onnx_fp32") or "", {})
+    mine = p50(row["name"])
+    items = [
+        {"name": "accuracy drop", "value": row.get("drop"), "limit": TARGETS["max_accuracy_drop_pt"], "op": "<=",
+         "unit": "pt", "detail": f"{row.get('accuracy')} % vs {row.get('drop_against')} "
+                                 f"{by.get(row.get('drop_against') or '', {}).get('accuracy')} % (test split)"},
+        {"name": "size vs FP32 ONNX baseline", "value": _x(onnx.get("size_bytes"), row.get("size_bytes")),
+         "limit": TARGETS["min_size_x_vs_onnx_fp32"], "op": ">=", "unit": "x",
+         "detail": f"{row.get('size_bytes')} B vs {onnx.get('size_bytes')} B ({onnx.get('name')}); gzip "
+                   f"{_x(onnx.get('gzip_bytes'), row.get('gzip_bytes'))}x"},
+        {"name": "p50 latency vs FP32 PyTorch eager (batch 1, 1 thread)", "value": _x(p50(PYTORCH_ROW), mine),
+         "limit": TARGETS["min_speedup_vs_pytorch_eager"], "op": ">=", "unit": "x",
+         "detail": f"{mine} ms vs {p50(PYTORCH_ROW)} ms"},
+        {"name": "p50 latency vs plain NNCF INT8 of the unpruned baseline (batch 1, 1 thread)",
+         "value": _x(p50(INT8_ROW), mine), "limit": TARGETS["min_speedup_vs_baseline_ov_int8"], "op": ">=",
+         "unit": "x", "detail": f"{mine} ms vs {p50(INT8_ROW)} ms ({INT8_ROW})"},
+    ]
+    for it in items:
+        v = it["value"]
+        it["met"] = None if v is None else (v <= it["limit"] if it["op"] == "<=" else v >= it["limit"])
+    return {"candidate": row["name"], "selected_by": selected_by, "items": items,
+            "all_met": all(it["met"] for it in items)}

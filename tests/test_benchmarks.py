@@ -1,0 +1,125 @@
+"""The benchmark runner (benchmarks/): a tiny end-to-end run, plus its pure parts on synthetic inputs.
+
+Performance goals live in the benchmark's own output (benchmark.json / benchmark.md), never here: these tests
+check that the runner works and that its JSON holds every row with its ratios, not how fast anything is.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import compression, datasource, markdown
+from benchmarks.__main__ import main, split_overrides
+from edgeopt.cli import PIPELINE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
+    out = tmp_path / "bench"
+    code = main(["--smoke", "--out", str(out)])
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert code == 0, doc["errors"]
+    assert doc["errors"] == []
+
+    env = doc["environment"]
+    assert env["hardware"]["cpu"] and env["hardware"]["cores"] >= 1
+    assert env["libraries"]["torch"] and env["libraries"]["openvino"] and env["libraries"]["onnxruntime"]
+    assert "commit" in env["git"] and "dirty" in env["git"]
+    assert doc["settings"]["model"]["width"] < 1 and doc["settings"]["model"]["width_note"]
+
+    comp = doc["compression"]
+    names = [r["name"] for r in comp["rows"]]
+    cands = json.loads((out / "work" / "realistic" / "models" / "exported" / "candidates.json").read_text())
+    expected = {"baseline_fp32_pytorch", "baseline_fp32_ort", "baseline_fp32_ov", "baseline_ov_int8"}
+    expected |= {c["name"] for c in cands["candidates"]}
+    assert set(names) == expected and len(names) == len(expected)
+    assert any(r["precision"] == "int8" and r["kind"] == "candidate" for r in comp["rows"])
+    for r in comp["rows"]:
+        assert r["status"] == "ok", (r["name"], r["reason"])
+        for key in ("accuracy", "drop", "size_bytes", "gzip_bytes", "params", "macs"):
+            assert r[key] is not None, (r["name"], key)
+        for setting in ("1_thread", "all_cores"):
+            lat = r["latency"][setting]
+            assert 0 < lat["p50_ms"] <= lat["p90_ms"] and lat["throughput_fps"] > 0, (r["name"], setting)
+        for ref in ("pytorch_fp32", "openvino_fp32", "onnx_fp32", "baseline_ov_int8"):
+            ratio = r["ratios"][ref]
+            for key in ("size_x", "gzip_x", "p50_speedup_1_thread", "p50_speedup_all_cores"):
+                assert ratio[key] is not None and ratio[key] > 0, (r["name"], ref, key)
+    rows = {r["name"]: r for r in comp["rows"]}
+    assert rows["baseline_fp32_pytorch"]["ratios"]["pytorch_fp32"]["size_x"] == 1.0
+    assert rows["baseline_fp32_ov"]["ratios"]["openvino_fp32"]["p50_speedup_1_thread"] == 1.0
+
+    t = comp["targets"]
+    assert t["candidate"] == comp["selected"] and t["candidate"] in rows
+    assert [it["op"] for it in t["items"]] == ["<=", ">=", ">=", ">="]
+    assert all(it["value"] is not None and it["met"] in (True, False) for it in t["items"])
+
+    stages = doc["cost"]["realistic"]["stages"]
+    assert list(stages) == [name for name, _ in PIPELINE]
+    assert all(s["status"] == "ok" and s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in stages.values())
+    assert doc["cost"]["baseline_int8"]["stages"]["quantize"]["status"] == "ok"
+    tp = doc["training_throughput"]
+    assert tp["bare_images_per_s"] > 0 and tp["stage_images_per_s"] > 0 and "overhead_pct" in tp
+
+    md = (out / "benchmark.md").read_text()
+    assert "## Targets" in md and "## Pipeline cost" in md and "baseline_ov_int8" in md
+    assert ("NOT MET" in md) or ("ALL MET" in md)
+
+
+def test_overrides_are_split_per_chain():
+    assert split_overrides(["prune.ratio=0.55", "digits:train.epochs=2", "realistic:data.root=/a:b"]) == {
+        "realistic": {"prune.ratio": "0.55", "data.root": "/a:b"}, "digits": {"train.epochs": "2"}}
+    with pytest.raises(ValueError, match="unknown chain"):
+        split_overrides(["other:train.epochs=2"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        split_overrides(["train.epochs"])
+
+
+def test_data_falls_back_to_digits_with_a_note(tmp_path):
+    d = datasource.resolve(None, tmp_path / "repo", "data/raw/images")
+    assert d["source"] == "digits" and "NO REAL IMAGES" in d["note"]
+    folder = tmp_path / "imgs"
+    (folder / "cat").mkdir(parents=True)
+    d = datasource.resolve(str(folder), tmp_path, "x")
+    assert d["source"] == "imagefolder" and d["overrides"]["data.channels"] == 3
+    (tmp_path / "c" / "cifar-10-batches-py").mkdir(parents=True)
+    assert datasource.resolve(str(tmp_path / "c"), tmp_path, "x")["source"] == "cifar10"
+    with pytest.raises(ValueError, match="not found"):
+        datasource.resolve(str(tmp_path / "missing"), tmp_path, "x")
+
+
+def _row(name, kind, runtime, acc, size, p50, macs=100):
+    lat = {"p50_ms": p50, "p90_ms": p50 * 1.2, "throughput_fps": 1000 / p50}
+    return {"name": name, "kind": kind, "runtime": runtime, "precision": "fp32", "status": "ok", "reason": None,
+            "accuracy": acc, "size_bytes": size, "gzip_bytes": size // 2, "params": 10, "macs": macs,
+            "latency": {"1_thread": lat, "all_cores": lat}}
+
+
+def test_ratios_and_targets_from_synthetic_rows():
+    rows = [_row("baseline_fp32_pytorch", "reference", "pytorch", 90.0, 4000, 10.0),
+            _row("baseline_fp32_ort", "baseline", "onnxruntime", 90.0, 4000, 3.0),
+            _row("baseline_fp32_ov", "baseline", "openvino", 90.0, 4000, 2.0),
+            _row("baseline_ov_int8", "baseline", "openvino", 89.9, 1000, 1.0),
+            _row("small_ov_int8", "candidate", "openvino", 89.5, 100, 0.25, macs=10)]
+    refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": "baseline_fp32_ov",
+            "onnx_fp32": "baseline_fp32_ort", "baseline_ov_int8": "baseline_ov_int8"}
+    compression._drops(rows, {"openvino": "baseline_fp32_ov", "onnxruntime": "baseline_fp32_ort"})
+    compression._ratios(rows, refs)
+    small = rows[-1]
+    assert small["drop"] == 0.5 and small["drop_against"] == "baseline_fp32_ov"
+    assert small["ratios"]["pytorch_fp32"]["size_x"] == 40.0
+    assert small["ratios"]["pytorch_fp32"]["p50_speedup_1_thread"] == 40.0
+    assert small["ratios"]["openvino_fp32"]["p50_speedup_1_thread"] == 8.0
+    assert small["ratios"]["openvino_fp32"]["macs_x"] == 10.0
+    t = compression.targets(rows, "small_ov_int8", "gate", refs)
+    assert [it["met"] for it in t["items"]] == [True, True, True, True] and t["all_met"]
+    rows[-1]["latency"]["1_thread"] = {"p50_ms": 0.5, "p90_ms": 0.6}
+    t = compression.targets(rows, "small_ov_int8", "gate", refs)
+    assert [it["met"] for it in t["items"]] == [True, True, True, False] and not t["all_met"]
+    md = markdown.render({"mode": "test", "compression": {"rows": rows, "targets": t, "protocol": {},
+                                                          "selected": "small_ov_int8"}})
+    assert "**NOT MET**" in md and "| small_ov_int8 |" in md
