@@ -1,0 +1,96 @@
+"""edge_release: the whole pipeline as one Prefect flow whose tasks are the dvc.yaml stages.
+
+    python -m flows.edge_release --set train.epochs=3        # or: prefect deployment run 'edge-release/nightly'
+
+Stages run as soon as the stages writing their deps are done (distill next to cluster/sensitivity, evaluate
+next to bench), each in a worker process so concurrent training does not share torch's global RNG. A stage
+whose deps, params and outs are unchanged since its last success is taken from the cache. The run ends
+Completed with a summary, or Failed with the reason as its message: the gate verdict when no candidate
+passes, the failed expectations when the data does not validate.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Failed, State
+from prefect.task_runners import ProcessPoolTaskRunner
+
+from edgeopt.params import ParamsError
+from edgeopt.stage import StageError
+from flows.pipeline import closure, execution_order, load_pipeline, project_params
+from flows.tasks import completed_result, final_states, stopped_because, submit_stages
+from flows.ui import publish_release
+
+WORKERS = 2
+
+
+def release_run_name() -> str:
+    """Flow-run name saying model, data set and date, e.g. `small_cnn on digits 16px, 2025-11-21 02:00 UTC`."""
+    from prefect.runtime import flow_run
+
+    when = (flow_run.scheduled_start_time or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    when = when.strftime("%Y-%m-%d %H:%M UTC")
+    p = flow_run.parameters
+    try:
+        params = project_params(p.get("params_file", "params.yaml"), p.get("overrides"), p.get("root", "."))
+    except (ParamsError, OSError):
+        return f"edge release, {when}"
+    return f"{params.model.arch} on {params.data.source} {params.data.image_size}px, {when}"
+
+
+@flow(name="edge-release", flow_run_name=release_run_name, task_runner=ProcessPoolTaskRunner(max_workers=WORKERS),
+      description="Train, compress, export, evaluate, benchmark, gate and promote an edge release (dvc.yaml stages).")
+def edge_release(params_file: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
+                 targets: list[str] | None = None) -> dict[str, Any] | State:
+    """Run the pipeline in project `root`.
+
+    Args:
+        params_file: params YAML; a relative path is taken inside `root`.
+        overrides: `key=value` overrides validated like params.yaml, e.g. ["train.epochs=3"].
+        root: project directory holding data/, models/, metrics/, reports/.
+        targets: run only these stages and what they need (default: every stage), like `dvc repro <stage>`.
+    """
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    try:
+        params = project_params(params_file, overrides, root_path)
+        specs = load_pipeline(root_path)
+        stages = closure(specs, targets) if targets else execution_order(specs)
+    except (ParamsError, StageError) as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
+    logger.info("project %s: stages %s", root_path, " -> ".join(stages))
+    states = final_states(submit_stages(stages, params, root_path))
+    reason = stopped_because(states)
+    publish_release(params, str(root_path), states, reason)
+    if reason:
+        logger.error("release stopped: %s", reason)
+        return Failed(message=reason)
+    gate, promote = completed_result(states, "gate") or {}, completed_result(states, "promote") or {}
+    summary = {"stages": {n: s.name for n, s in states.items()}, "selected": gate.get("selected"),
+               "release": {k: v for k, v in promote.items() if not isinstance(v, (dict, list))}}
+    logger.info("release done: %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.edge_release", description=edge_release.description)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--root", default=".")
+    ap.add_argument("--target", dest="targets", action="append", default=None, metavar="STAGE")
+    args = ap.parse_args(argv)
+    state = edge_release(args.params, args.overrides, args.root, args.targets, return_state=True)
+    if not state.is_completed():
+        print(f"edge-release: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""sweep: many compression configurations in parallel on Dask, ending with the Pareto front and the best one.
+
+    python -m flows.sweep --ratio 0.25 --ratio 0.5 --ratio 0.75 --clusters 16 --clusters 64
+    python -m flows.sweep --address tcp://scheduler:8786      # a running Dask cluster (shared filesystem)
+
+The shared stages (prepare, validate, train) run once in the project. Every configuration (prune.ratio x
+cluster.n_clusters x quantize mode) then runs the compression stages and export/evaluate/bench/gate in its own
+work dir `sweeps/<name>/<config>/`, which links the project's prepared data and baseline. The stages are the
+same cached Prefect tasks as in edge_release, submitted to a DaskTaskRunner: a local cluster (n_workers
+processes, 1 thread each) by default, a remote scheduler with `address`. The result, `sweeps/<name>/sweep.json`
+and a table artifact, lists every configuration, the Pareto front (accuracy vs p50 latency) over all their
+compressed candidates, and the best configuration whose gate passed (ranked by gate.rank_by).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed, State
+from prefect_dask import DaskTaskRunner
+
+from edgeopt.io import write_json
+from edgeopt.params import ParamsError
+from edgeopt.paths import Paths
+from edgeopt.stage import StageError
+from flows.pipeline import closure, load_pipeline, project_params
+from flows.tasks import final_states, stopped_because, submit_stages
+from flows.ui import png_data_uri, release_rows
+from stages.gate import rank_key
+from stages.report import pareto_front, plot_pareto
+
+# Sweep defaults on top of params.yaml: short fine-tuning, no distillation or sensitivity scan, short benches.
+SWEEP_OVERRIDES = ["finetune.epochs=2", "cluster.finetune_epochs=1", "distill.enabled=false",
+                   "sensitivity.enabled=false", "quantize.calibration_size=128", "export.parity_samples=128",
+                   "bench.runs=50", "bench.warmup=5", "bench.pytorch_reference=false", "train.threads=1"]
+SHARED = ["prepare", "validate", "train"]
+SHARED_FILES = ["data/prepared", "models/baseline.pt", "dvc.yaml"]
+
+
+def config_grid(prune_ratios: list[float], n_clusters: list[int], quantize_modes: list[str]) -> list[dict[str, Any]]:
+    return [{"id": f"prune{r:g}-k{k}-{m}", "prune_ratio": r, "n_clusters": k, "quantize_mode": m,
+             "overrides": [f"prune.ratio={r}", f"cluster.n_clusters={k}", f"quantize.modes=[{m}]"]}
+            for r in prune_ratios for k in n_clusters for m in quantize_modes]
+
+
+def dask_runner(address: str | None, n_workers: int) -> DaskTaskRunner:
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": None})
+
+
+def sweep_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    n = len(p.get("prune_ratios") or []) * len(p.get("n_clusters") or []) * len(p.get("quantize_modes") or [])
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        params = project_params(p.get("params_file", "params.yaml"), p.get("overrides"), p.get("root", "."))
+    except (ParamsError, OSError):
+        return f"sweep of {n} configs, {when}"
+    return f"sweep of {n} configs: {params.model.arch} on {params.data.source} {params.data.image_size}px, {when}"
+
+
+@task(name="link-shared-inputs")
+def link_shared_inputs(root: str, workdir: str) -> str:
+    """A work dir whose data/prepared and models/baseline.pt are links to the project's (nothing copied)."""
+    for rel in SHARED_FILES:
+        src, dst = Path(root) / rel, Path(workdir) / rel
+        if not src.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() and dst.resolve() == src.resolve():
+            continue
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        os.symlink(src.resolve(), dst)
+    return workdir
+
+
+@flow(name="edge-sweep-configs")
+def run_configs(configs: list[dict[str, Any]], params_file: str, overrides: list[str], root: str
+                ) -> dict[str, str | None]:
+    """Each configuration's stages in its work dir, all submitted at once; returns config -> why it stopped."""
+    stages = closure(load_pipeline(root), ["gate"], downstream_of=SHARED)
+    futures = {}
+    for cfg in configs:
+        params = project_params(params_file, overrides + cfg["overrides"], root)
+        futures[cfg["id"]] = submit_stages(stages, params, cfg["workdir"], label=cfg["id"])
+    return {cid: stopped_because(final_states(f)) for cid, f in futures.items()}
+
+
+def config_result(cfg: dict[str, Any], stopped: str | None) -> tuple[dict, list[dict], dict | None]:
+    """One configuration's outcome (from its gate report) and its compressed candidates' report rows."""
+    cand_rows, gate = release_rows(Paths(Path(cfg["workdir"])))
+    gate_rows = {r["name"]: r for r in (gate or {}).get("rows", [])}
+    rows = [{**r, "name": f"{cfg['id']}/{r['name']}", "config": cfg["id"]} for r in cand_rows
+            if not gate_rows.get(r["name"], {}).get("baseline")]  # the shared baseline is in every config
+    pick = gate_rows.get((gate or {}).get("selected") or "")
+    result = {**{k: cfg[k] for k in ("id", "prune_ratio", "n_clusters", "quantize_mode", "overrides", "workdir")},
+              "status": "pass" if pick else ("none_pass" if gate and gate.get("rows") else "failed"),
+              "reason": stopped, "selected": pick["name"] if pick else None,
+              **{k: (pick or {}).get(k) for k in ("accuracy", "drop", "latency_ms", "size_bytes")}}
+    return result, rows, pick
+
+
+def sweep_results(configs: list[dict[str, Any]], stopped: dict[str, str | None], rank_by: str
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The sweep document (configs, Pareto front over all compressed candidates, best passing config) and
+    the candidate rows it was computed from. The best is ranked like the gate ranks candidates."""
+    results, rows, ranks = [], [], {}
+    for cfg in configs:
+        result, cand_rows, pick = config_result(cfg, stopped.get(cfg["id"]))
+        results.append(result)
+        rows += cand_rows
+        if pick:
+            ranks[cfg["id"]] = rank_key(pick, rank_by)
+    front = pareto_front(rows, "p50_ms")
+    best = min(ranks, key=ranks.get) if ranks else None
+    for r in results:
+        r["on_pareto_front"] = [n.split("/", 1)[1] for n in front if n.startswith(r["id"] + "/")]
+        r["best"] = r["id"] == best
+    best_doc = next(({k: r[k] for k in ("id", "overrides", "selected", "accuracy", "drop", "latency_ms",
+                                        "size_bytes", "workdir")} for r in results if r["best"]), None)
+    doc = {"rank_by": rank_by, "configs": results, "pareto_front": front,
+           "pareto_points": [{k: r.get(k) for k in ("name", "accuracy", "p50_ms", "p90_ms", "size_kb", "verdict")}
+                             for r in rows if r["name"] in front], "best": best_doc}
+    return doc, rows
+
+
+@task(name="summarize-sweep")
+def summarize_sweep(configs: list[dict[str, Any]], stopped: dict[str, str | None], rank_by: str,
+                    out_file: str) -> dict[str, Any]:
+    """sweeps/<name>/sweep.json, the `edge-sweep` table and the `edge-sweep-summary` markdown artifact."""
+    doc, rows = sweep_results(configs, stopped, rank_by)
+    write_json(out_file, doc)
+    best, front = doc["best"], doc["pareto_front"]
+    create_table_artifact(
+        key="edge-sweep", table=[{"config": r["id"], "status": r["status"], "selected": r["selected"],
+                                  "accuracy %": r["accuracy"], "drop pt": r["drop"], "latency ms": r["latency_ms"],
+                                  "size bytes": r["size_bytes"], "on Pareto front": ", ".join(r["on_pareto_front"]) or "-",
+                                  "best": r["best"], "reason": r["reason"] or "-"} for r in doc["configs"]],
+        description=f"{len(doc['configs'])} configurations; best (gate passed, rank_by={rank_by}): "
+                    f"{best['id'] + ' / ' + best['selected'] if best else 'none'}")
+    md = [f"# Sweep: {len(doc['configs'])} configurations", "",
+          f"**Best**: `{best['id']}` with `{best['selected']}` ({best['accuracy']} %, {best['latency_ms']} ms, "
+          f"{best['size_bytes']} B)" if best else "**No configuration passes the gates.**", "",
+          "Pareto front (accuracy vs p50 latency): " + (", ".join(f"`{n}`" for n in front) or "-"), "",
+          f"Results: `{out_file}`"]
+    if front:
+        png = plot_pareto(rows, "p50_ms", "p50 latency (ms)", "Sweep: accuracy vs latency")
+        md += ["", f"![accuracy vs latency]({png_data_uri(png)})"]
+    create_markdown_artifact(key="edge-sweep-summary", markdown="\n".join(md), description="Sweep outcome")
+    get_run_logger().info("sweep: best %s; Pareto front %s", best and best["id"], front)
+    return doc
+
+
+@flow(name="edge-sweep", flow_run_name=sweep_run_name,
+      description="Evaluate a grid of compression configurations in parallel on Dask; Pareto front and best config.")
+def sweep(params_file: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
+          prune_ratios: list[float] = [0.25, 0.5, 0.75], n_clusters: list[int] = [16, 64],  # noqa: B006
+          quantize_modes: list[str] = ["ov_int8"], sweep_overrides: list[str] | None = None,  # noqa: B006
+          address: str | None = None, n_workers: int = 2, name: str = "sweep") -> dict[str, Any] | State:
+    """Args beyond edge_release's: the grid, `sweep_overrides` applied to every configuration (default
+    SWEEP_OVERRIDES: short fine-tuning, small benches), `address` of a Dask scheduler (default: a local cluster of
+    `n_workers` processes), `name` of the sweep (results in sweeps/<name>/)."""
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    base = list(overrides or [])
+    per_config = SWEEP_OVERRIDES if sweep_overrides is None else list(sweep_overrides)
+    out_dir = root_path / "sweeps" / name
+    configs = config_grid(prune_ratios, n_clusters, quantize_modes)
+    try:
+        params = project_params(params_file, base, root_path)
+        for cfg in configs:  # every configuration must validate before anything runs
+            try:
+                project_params(params_file, base + per_config + cfg["overrides"], root_path)
+            except ParamsError as exc:
+                raise ParamsError(f"sweep configuration {cfg['id']}: {exc}") from None
+            cfg["workdir"] = str(out_dir / cfg["id"])
+        shared = closure(load_pipeline(root_path), SHARED)
+    except (ParamsError, StageError) as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
+    if not configs:
+        return Failed(message="the sweep grid is empty: give at least one prune ratio, cluster count and mode")
+    reason = stopped_because(final_states(submit_stages(shared, params, root_path)))
+    if reason:
+        return Failed(message=f"shared stages: {reason}")
+    for cfg in configs:
+        link_shared_inputs(str(root_path), cfg["workdir"])
+    logger.info("sweep %s: %d configurations on %s", name, len(configs), address or f"a local Dask cluster "
+                f"({n_workers} workers x 1 thread)")
+    stopped = run_configs.with_options(task_runner=dask_runner(address, n_workers))(
+        configs, params_file, base + per_config, str(root_path))
+    return summarize_sweep(configs, stopped, params.gate.rank_by, str(out_dir / "sweep.json"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.sweep", description=sweep.description)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--root", default=".")
+    ap.add_argument("--ratio", dest="prune_ratios", type=float, action="append")
+    ap.add_argument("--clusters", dest="n_clusters", type=int, action="append")
+    ap.add_argument("--mode", dest="quantize_modes", action="append")
+    ap.add_argument("--address", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: local cluster)")
+    ap.add_argument("--workers", dest="n_workers", type=int, default=2)
+    ap.add_argument("--name", default="sweep")
+    args = vars(ap.parse_args(argv))
+    kwargs = {k: v for k, v in args.items() if v is not None}
+    kwargs["params_file"] = kwargs.pop("params")
+    state = sweep(**kwargs, return_state=True)
+    if not state.is_completed():
+        print(f"sweep: {state.message}", file=sys.stderr)
+        return 1
+    best = state.result()["best"]
+    print(f"best: {best['id']} ({best['selected']})" if best else "no configuration passes the gates")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
