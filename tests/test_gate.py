@@ -141,8 +141,9 @@ def test_metrics_without_hashes_older_than_model_is_stale(release_project):
         entry.pop("sha256")
     write_json(path, doc)
     gate(release_project)  # no hashes but newer than the models: accepted
-    old = path.stat().st_mtime - 100
-    os.utime(path, (old, old))
+    # older than the exported files (their mtimes come from the session fixture, possibly long ago)
+    oldest = min(f.stat().st_mtime for f in (release_project / "models" / "exported").rglob("*") if f.is_file())
+    os.utime(path, (oldest - 100, oldest - 100))
     with pytest.raises(StaleInputsError, match="older than the files"):
         gate(release_project)
 
