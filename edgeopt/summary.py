@@ -27,7 +27,9 @@ def summary(root: Path = Path(".")) -> str:
     if pick:
         ev, be = evaluate.get(pick, {}), bench.get(pick, {})
         base = evaluate.get(ev.get("baseline", ""), {})
-        lines.append(f"gate: {pick} passes ({gate.get('rule', '')})")
+        rank_by = gate.get("thresholds", {}).get("rank_by", "latency")
+        lines.append(f"gate: {pick} picked: passes every gate, best by {rank_by} "
+                     f"({len(gate.get('passed', []))} of {len(gate.get('rows', []))} candidates pass)")
         if ev:
             lines.append(f"  test accuracy {ev['accuracy']:.2f}% in {ev['runtime']} (drop {ev['drop']:+.2f} pt vs "
                          f"{ev['baseline']}), size {ev['file_bytes']:,} B"
@@ -38,8 +40,7 @@ def summary(root: Path = Path(".")) -> str:
     elif gate:
         lines.append("gate: no candidate passes (see reports/gate.json)")
     if promote:
-        rel = promote.get("release") or promote.get("version")
-        lines.append(f"release: {promote.get('model', '')}@{rel} -> {promote.get('channel', '')} "
+        lines.append(f"release: {promote.get('release')} -> channel {promote.get('channel', '')} "
                      f"({promote.get('path', promote.get('release_dir', ''))})")
     lines.append("details: reports/report.md, reports/gate.json; `edgeopt registry list`")
     return "\n".join(lines)
