@@ -37,9 +37,16 @@ def task_states(flow_run_id) -> dict[str, str]:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    import time
+
+    deadline = time.monotonic() + 60  # the server records task-run states asynchronously (slower under load)
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state.name for r in runs}
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(r.state is not None for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    return {r.name: r.state.name if r.state else "<no state>" for r in runs}
 
 
 def artifacts_of(flow_run_id) -> dict[str, object]:
