@@ -4,9 +4,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from edgeopt.gitinfo import git_state  # shared with the promote stage's lineage
 
 LIBRARIES = ("torch", "torchvision", "torch-pruning", "nncf", "openvino", "onnxruntime", "onnx", "numpy",
              "scikit-learn", "dvc", "prefect", "great-expectations")
@@ -20,25 +21,6 @@ def library_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def git_state(repo: Path) -> dict[str, Any]:
-    """Commit of HEAD and whether tracked files differ from it (untracked files listed separately)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None, "note": "not a git repository (or git missing)"}
-    tracked = git("status", "--porcelain", "--untracked-files=no") or ""
-    untracked = git("status", "--porcelain", "--untracked-files=normal") or ""
-    return {"commit": commit, "short": commit[:10], "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": bool(tracked), "modified_files": len(tracked.splitlines()),
-            "untracked_files": len([ln for ln in untracked.splitlines() if ln.startswith("??")])}
 
 
 def hardware() -> dict[str, Any]:

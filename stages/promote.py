@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgeopt.errors import GateNonePassError, RegistryError, StaleInputsError
+from edgeopt.gitinfo import git_state as git_state_of
 from edgeopt.io import read_json, sha256_file, sha256_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
@@ -113,19 +114,8 @@ def input_contract(cands: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
 
 
 def git_state(root: Path) -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None, "note": "not a git repository (or git missing)"}
     # dvc.lock is rewritten by the very `dvc repro` that runs this stage: it does not make the code dirty.
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
-    return {"commit": commit, "dirty": bool(status)}
+    return git_state_of(root, ignore=("dvc.lock",))
 
 
 def git_tag(root: Path, model: str, version: str, message: str) -> tuple[str | None, str]:
