@@ -91,3 +91,14 @@ def tiny_params(tiny_project):
     return load_params(tiny_project / "params.yaml", [
         "train.epochs=2", "finetune.epochs=2", "distill.epochs=2", "cluster.finetune_epochs=1",
         "quantize.calibration_size=100", "sensitivity.max_samples=100", "bench.runs=20", "bench.warmup=2"])
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models: one torch thread is fastest and immune to other processes competing for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,12 +16,7 @@ from stages import cluster
 from stages.cluster import cluster_model, conv_bn_pairs, fold_batchnorm, project
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _with_random_bn_stats(model: nn.Module) -> nn.Module:

@@ -16,13 +16,7 @@ from stages import prune
 from stages.prune import layer_rows, prune_structured, resolve_protected, search_ratio
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread is fastest and immune to other processes competing for the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_model(arch: str, size: int = 16):
