@@ -275,7 +275,7 @@ def student_share(p: Params) -> float:
     processes it starts do not inherit a large memory high-water mark)."""
     if p.distill.student_arch == p.model.arch:
         return max((p.distill.student_width / p.model.width) ** 2, 0.05)
-    return 0.1 if p.distill.student_arch == "small_cnn" else 0.5
+    return 0.1 * p.distill.student_width ** 2 if p.distill.student_arch == "small_cnn" else 0.5
 
 
 def previous_timings(results_root: Path, mode: str, label: str, exclude: Path | None = None) -> dict[str, float]:

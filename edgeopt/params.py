@@ -81,6 +81,7 @@ class Prune(_Section):
     target_reduction: float = Field(0.5, ge=0, lt=1)
     global_pruning: bool = False
     iterative_steps: int = Field(1, ge=1, le=100)
+    round_to: int = Field(8, ge=1, le=256)
     protect: list[str] = Field(default_factory=lambda: ["first_conv", "classifier"])
 
 

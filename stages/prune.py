@@ -80,19 +80,36 @@ def _ignored_layers(model: nn.Module, protected: list[str]) -> list[nn.Module]:
     return [model.get_submodule(n) for n in names]
 
 
+def _pruner_class():
+    import torch_pruning as tp
+
+    class BlockAlignedPruner(tp.pruner.BasePruner):
+        """A pruned layer keeps a multiple of `round_to` channels: the nearest multiple, never below one block.
+
+        Torch-Pruning rounds the kept count *down* and, when that reaches zero, silently leaves the layer
+        unpruned; both distort the requested ratio. Measured on ResNet-18 w0.5 with 65 % pruned: odd channel
+        counts ran OpenVINO INT8 at 0.60 ms, multiples of 8 at 0.26 ms (the unpruned model: 0.54 ms).
+        """
+
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            keep = current_channels - n_pruned
+            keep = min(current_channels, max(round_to, round_to * round(keep / round_to)))
+            return current_channels - keep
+
+    return BlockAlignedPruner
+
+
 def prune_structured(model: nn.Module, example: torch.Tensor, cfg: Prune, ratio: float, protected: list[str],
                      seed: int) -> None:
     """Remove `ratio` of the channels (per group, or globally ranked) in `cfg.iterative_steps` steps, in place."""
-    import torch_pruning as tp
-
     torch.manual_seed(seed)  # random importance; also makes the target search repeatable
     model.eval()  # tracing must not update BatchNorm statistics
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Torch-Pruning warns about unwrapped parameters it does not need
-        pruner = tp.pruner.BasePruner(
+        pruner = _pruner_class()(
             model, example, importance=make_importance(cfg.importance), global_pruning=cfg.global_pruning,
             pruning_ratio=ratio, max_pruning_ratio=max(MAX_RATIO, ratio), iterative_steps=cfg.iterative_steps,
-            ignored_layers=_ignored_layers(model, protected))
+            round_to=cfg.round_to if cfg.round_to > 1 else None, ignored_layers=_ignored_layers(model, protected))
         for _ in range(cfg.iterative_steps):
             pruner.step()
 
@@ -196,7 +213,8 @@ def run(params: Params, paths: Paths) -> dict:
     rows_before = layer_rows(model)
 
     done: dict[str, Any] = {"mode": cfg.mode, "importance": cfg.importance, "target": cfg.target,
-                            "global_pruning": cfg.global_pruning, "iterative_steps": cfg.iterative_steps,
+                            "global_pruning": cfg.global_pruning, "round_to": cfg.round_to,
+                            "iterative_steps": cfg.iterative_steps,
                             "protect": cfg.protect, "protected_layers": protected}
     if cfg.mode == "structured":
         example = torch.randn(1, *shape)

@@ -159,3 +159,16 @@ def test_unstructured_rejects_a_macs_target(tiny_project, tiny_params):
     with pytest.raises(StageError, match="target=macs needs prune.mode=structured"):
         prune.run(tiny_params, Paths(tiny_project))
     assert not Paths(tiny_project).checkpoint("pruned").exists()
+
+
+@pytest.mark.parametrize("round_to,expect", [(1, {11, 22, 44, 89}), (8, {8, 24, 48, 88})])
+def test_pruned_channels_are_block_aligned(round_to, expect):
+    """ResNet-18 w0.5 (32/64/128/256 channels), 65 % pruned: kept channels are the nearest multiple of round_to
+    (8 -> 11.2 ~ 8, 22.4 ~ 24, 44.8 ~ 48, 89.6 ~ 88); round_to=1 is Torch-Pruning's own count (floor)."""
+    torch.manual_seed(0)
+    model = build_model(model_config("resnet18", 10, 3, 0.5, True, 32)).eval()
+    prune_structured(model, torch.randn(1, 3, 32, 32), Prune(ratio=0.65, round_to=round_to, protect=[]), 0.65,
+                     [], seed=0)
+    convs = {r["out"] for name, r in layer_rows(model).items() if name != "fc"}
+    assert convs == expect
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
