@@ -278,8 +278,10 @@ def student_share(p: Params) -> float:
     return 0.1 * p.distill.student_width ** 2 if p.distill.student_arch == "small_cnn" else 0.5
 
 
-def previous_timings(results_root: Path, mode: str, label: str, exclude: Path | None = None) -> dict[str, float]:
-    """Per-stage wall times of the newest earlier benchmark of this mode (for ETAs)."""
+def previous_timings(results_root: Path, mode: str, label: str, exclude: Path | None = None,
+                     overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """Per-stage wall times of the newest earlier benchmark of this mode whose chain ran the same `overrides`
+    (for ETAs: a run with other epochs or widths would mislead them, the estimate model is used instead)."""
     docs = sorted(results_root.glob("*/benchmark.json"), reverse=True)
     for path in docs:
         if exclude is not None and path.parent.resolve() == exclude.resolve():
@@ -289,6 +291,9 @@ def previous_timings(results_root: Path, mode: str, label: str, exclude: Path | 
         except (OSError, json.JSONDecodeError):
             continue
         if doc.get("mode") != mode:
+            continue
+        ran = ((doc.get("settings") or {}).get("overrides") or {}).get(label)
+        if overrides is not None and json.loads(json.dumps(overrides)) != ran:
             continue
         stages = (doc.get("cost", {}).get(label) or {}).get("stages") or {}
         out = {k: v["wall_s"] for k, v in stages.items() if v.get("status") in ("ok", "none_pass") and v.get("wall_s")}
