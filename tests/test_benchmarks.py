@@ -123,3 +123,21 @@ def test_ratios_and_targets_from_synthetic_rows():
     md = markdown.render({"mode": "test", "compression": {"rows": rows, "targets": t, "protocol": {},
                                                           "selected": "small_ov_int8"}})
     assert "**NOT MET**" in md and "| small_ov_int8 |" in md
+
+
+def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
+    from benchmarks.chain import previous_timings
+
+    def write(name: str, mode: str, overrides: dict, distill_s: float) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "benchmark.json").write_text(json.dumps({
+            "mode": mode, "settings": {"overrides": {"realistic": overrides}},
+            "cost": {"realistic": {"stages": {"distill": {"status": "ok", "wall_s": distill_s}}}}}))
+
+    same = {"model.width": 0.5, "distill.epochs": 20, "prune.protect": []}
+    write("20260101-000000-full", "full", same, 360.0)
+    write("20260102-000000-full", "full", {**same, "model.width": 0.25}, 48.0)   # newer, other settings
+    write("20260103-000000-quick", "quick", same, 5.0)                           # newer, other mode
+    assert previous_timings(tmp_path, "full", "realistic", overrides=same) == {"distill": 360.0}
+    assert previous_timings(tmp_path, "full", "realistic", overrides={**same, "distill.epochs": 30}) == {}
+    assert previous_timings(tmp_path, "full", "realistic") == {"distill": 48.0}  # no filter: the newest run
