@@ -60,6 +60,7 @@ class Optim(_Section):
     schedule: Schedule = "cosine"
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class Train(Optim):

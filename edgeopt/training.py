@@ -115,6 +115,26 @@ class FitResult:
     best_val_accuracy: float
     stopped_early: bool
     images_per_s: float
+    precision: str = "fp32"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls/convs natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
+    slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "bf16" and not native_bf16():
+        import warnings
+
+        warnings.warn("precision bf16 asked for, but this CPU has no native bf16 (AVX512-BF16 / AMX): training in "
+                      "fp32 instead, which is faster here; set precision: fp32 to silence this", stacklevel=3)
+        return "fp32"
+    return precision
 
 
 def fit(model: nn.Module, splits: Splits, recipe, *, seed: int, augment: str = "auto", patience: int = 0,
@@ -122,14 +142,18 @@ def fit(model: nn.Module, splits: Splits, recipe, *, seed: int, augment: str = "
         live_dir: str | Path | None = None, desc: str = "train",
         after_step: Callable[[nn.Module], None] | None = None,
         parameters: list[nn.Parameter] | None = None, epochs: int | None = None,
-        lr: float | None = None) -> FitResult:
+        lr: float | None = None, precision: str = "fp32") -> FitResult:
     """SGD training with the recipe (any params section with lr/momentum/weight_decay/schedule/...).
 
     With a teacher, the loss is Hinton KD. `after_step` runs after every optimizer step (e.g. to keep weights
     on their cluster centroids). The weights of the best validation epoch are restored at the end.
+    precision "bf16": the forward passes run under CPU autocast; losses, weights, gradients, optimizer state and
+    validation stay fp32 (the usual mixed-precision recipe).
     """
     import time
 
+    precision = resolve_precision(precision)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     epochs = epochs or recipe.epochs
     lr = lr or recipe.lr
     gen = torch.Generator().manual_seed(seed)
@@ -163,11 +187,14 @@ def fit(model: nn.Module, splits: Splits, recipe, *, seed: int, augment: str = "
                 continue
             x = augment_batch(splits.to_tensor(images[idx]), kind, gen)
             y = torch.from_numpy(np.array(labels[idx]))
-            logits = model(x)
+            with autocast:
+                logits = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+            logits = logits.float()  # losses in fp32: KD's softmax at temperature T needs the precision
             if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = kd_loss(logits, t_logits, y, temperature, alpha)
+                loss = kd_loss(logits, t_logits.float(), y, temperature, alpha)
             else:
                 loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -206,4 +233,4 @@ def fit(model: nn.Module, splits: Splits, recipe, *, seed: int, augment: str = "
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(history, best_epoch, best_acc, stopped, seen / busy if busy > 0 else math.nan)
+    return FitResult(history, best_epoch, best_acc, stopped, seen / busy if busy > 0 else math.nan, precision)

@@ -20,14 +20,14 @@ def _train_student(params: Params, paths: Paths, splits: Splits, cfg: dict, teac
     result = fit(student, splits, d, seed=params.seed, augment=params.train.augment,
                  patience=params.train.early_stopping_patience, teacher=teacher, temperature=d.temperature,
                  alpha=d.alpha, live_dir=paths.live("distill" if teacher is not None else "distill_nokd"),
-                 desc=name)
+                 desc=name, precision=d.precision)
     val, test = evaluate(student, splits, "val"), evaluate(student, splits, "test")
     info = {"stage": "distill", "kd": teacher is not None, "val_accuracy": val["accuracy"],
             "test_accuracy": test["accuracy"], "data_hash": splits.meta["content_hash"]}
     path = save_checkpoint(paths.checkpoint(name), student, cfg, info)
     shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), **model_stats(student, shape, path)}
+            "epochs_run": len(result.history), "precision": result.precision, **model_stats(student, shape, path)}
 
 
 @stage("distill")

@@ -56,7 +56,8 @@ def run(params: Params, paths: Paths) -> dict:
 
     result = fit(model, splits, cfg, seed=params.seed, augment=params.train.augment,
                  teacher=baseline if cfg.kd else None, temperature=cfg.temperature, alpha=cfg.alpha,
-                 live_dir=paths.live("finetune"), desc="finetune", after_step=keep_zeros(model) if sparse else None)
+                 live_dir=paths.live("finetune"), desc="finetune", after_step=keep_zeros(model) if sparse else None,
+                 precision=cfg.precision)
     kept_pruned = result.best_val_accuracy < before["val_accuracy"]
     if kept_pruned:
         model.load_state_dict(pruned_state)
@@ -74,5 +75,5 @@ def run(params: Params, paths: Paths) -> dict:
             "gap_to_baseline_test_points": round(reference["test_accuracy"] - after["test_accuracy"], 3),
             "params": after["params"], "nonzero_params": after["nonzero_params"], "macs": after["macs"],
             "best_epoch": result.best_epoch, "kept_pruned_weights": kept_pruned, "sparsity_kept": sparse,
-            "images_per_s": round(result.images_per_s, 1), **recipe,
+            "images_per_s": round(result.images_per_s, 1), "precision": result.precision, **recipe,
             "before": before, "after": after, "history": result.history}

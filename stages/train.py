@@ -21,7 +21,8 @@ def run(params: Params, paths: Paths) -> dict:
     cfg = config_for(params.model.arch, params.model.width, params.model.small_input, splits.meta)
     model = build_model(cfg)
     result = fit(model, splits, params.train, seed=params.seed, augment=params.train.augment,
-                 patience=params.train.early_stopping_patience, live_dir=paths.live("train"), desc="train")
+                 patience=params.train.early_stopping_patience, live_dir=paths.live("train"), desc="train",
+                 precision=params.train.precision)
     val = evaluate(model, splits, "val")
     test = evaluate(model, splits, "test")
     info = {"stage": "train", "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
@@ -33,4 +34,5 @@ def run(params: Params, paths: Paths) -> dict:
     return {"arch": cfg["arch"], "test_accuracy": test["accuracy"], "val_accuracy": val["accuracy"],
             "test_loss": test["loss"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
             "stopped_early": result.stopped_early, "train_images_per_s": round(result.images_per_s, 1),
+            "precision": result.precision,
             **model_stats(model, input_shape, path), "history": result.history}

@@ -52,3 +52,34 @@ def test_kd_loss_matches_the_formula():
     assert kd_loss(s, t, y, T, 0.0).item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
     # T^2 scaling: doubling T with alpha=1 keeps the gradient scale comparable, the loss follows T^2*KL
     assert kd_loss(s, s, y, 2.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_training_learns_keeps_fp32_weights_and_falls_back_without_native_bf16(tiny_project, tiny_params,
+                                                                                    monkeypatch, native):
+    """bf16 autocast trains as well on digits, the checkpoint stays fp32; a CPU without native bf16 (where it
+    would be slower) trains in fp32 with a warning saying so, and the metrics record the precision used."""
+    from edgeopt import training
+    from stages import train
+
+    monkeypatch.setattr(training, "native_bf16", lambda: native)
+    tiny_params.train.epochs = 5
+    tiny_params.train.precision = "bf16"
+    with pytest.warns(UserWarning, match="no native bf16") if not native else _no_warning():
+        m = train.run(tiny_params, Paths(tiny_project))
+    assert m["precision"] == ("bf16" if native else "fp32")
+    assert m["test_accuracy"] > 85
+    model, _, _ = load_checkpoint(tiny_project / "models/baseline.pt")
+    assert {p.dtype for p in model.state_dict().values() if p.is_floating_point()} == {torch.float32}
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def ctx():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*bf16.*")
+            yield
+    return ctx()
