@@ -3,7 +3,7 @@
 What is compared (recorded in the JSON as `definition`):
 - same architecture and width (the model zoo's `build_model`), same prepared train split, same batch size,
   same SGD recipe (lr, momentum, Nesterov, weight decay), same intra-op threads, same seed, no augmentation on
-  either side (the stage runs with `train.augment=none`), same number of epochs;
+  either side (the stage runs with `train.augment=none`), fp32 on both sides, same number of epochs;
 - images/s = training images processed / time spent in the training-step loop (forward, loss, backward,
   optimizer step, and for the stage also its per-batch data path: slicing the memory-mapped uint8 split,
   conversion and normalisation, progress bar, loss/accuracy bookkeeping). Validation after each epoch, the
@@ -27,7 +27,7 @@ import numpy as np
 from edgeopt.params import Params
 
 DEFINITION = ("images/s over the training-step loop only (forward+loss+backward+SGD step, plus the stage's "
-              "per-batch data path), same model/data/batch size/threads/seed/recipe, no augmentation on either "
+              "per-batch data path), same model/data/batch size/threads/seed/recipe, fp32, no augmentation on either "
               "side (stage run with train.augment=none); bare loop = preloaded normalised tensor + plain "
               "PyTorch; best of alternating repeats")
 TARGET_OVERHEAD_PCT = 10.0
@@ -91,7 +91,7 @@ def stage_loop(prepared: Path, params: Params, epochs: int, scratch: Path) -> di
     (scratch / "data").mkdir(parents=True)
     (scratch / "data" / "prepared").symlink_to(prepared.resolve(), target_is_directory=True)
     raw = params.dump()
-    raw["train"].update(epochs=epochs, augment="none", early_stopping_patience=0)
+    raw["train"].update(epochs=epochs, augment="none", early_stopping_patience=0, precision="fp32")
     p = params_from_dict(raw, "throughput")
     import contextlib
     import io
