@@ -381,16 +381,20 @@ def copy_of(project: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def test_real_gate_failure_ends_failed_with_the_verdict(two_runs, release_project, tmp_path):
+def failed_release(project: Path, tmp_path: Path, override: str):
+    """Run the flow on a copy of the released project with one failing override; its root, state, task states."""
     from flows.edge_release import edge_release
 
-    root = copy_of(release_project, tmp_path)
-    state = edge_release(params_file="params.yaml", overrides=FAST + ["gate.max_latency_ms=0.000001"],
-                         root=str(root), return_state=True)
+    root = copy_of(project, tmp_path)
+    state = edge_release(params_file="params.yaml", overrides=FAST + [override], root=str(root), return_state=True)
     assert state.is_failed()
+    return root, state, task_states(state.state_details.flow_run_id)
+
+
+def test_real_gate_failure_ends_failed_with_the_verdict(two_runs, release_project, tmp_path):
+    root, state, states = failed_release(release_project, tmp_path, "gate.max_latency_ms=0.000001")
     assert state.message.startswith("gate: no candidate passes the gates (")
     assert "latency" in state.message and state.message.endswith("not run: promote, report")
-    states = task_states(state.state_details.flow_run_id)
     assert states["gate"] == "Failed" and states["promote"] == states["report"] == "NotReady"
     assert states["export"] == states["evaluate"] == states["bench"] == "Cached"  # only the gate's params changed
     gate = json.loads((root / "reports" / "gate.json").read_text())
@@ -400,15 +404,9 @@ def test_real_gate_failure_ends_failed_with_the_verdict(two_runs, release_projec
 
 
 def test_real_validation_failure_stops_before_training(two_runs, release_project, tmp_path):
-    from flows.edge_release import edge_release
-
-    root = copy_of(release_project, tmp_path)
-    state = edge_release(params_file="params.yaml", overrides=FAST + ["validate.min_images_per_class=100000"],
-                         root=str(root), return_state=True)
-    assert state.is_failed()
+    _, state, states = failed_release(release_project, tmp_path, "validate.min_images_per_class=100000")
     assert state.message.startswith("validate: data validation failed; training is blocked:")
     assert "not run: train, prune" in state.message
-    states = task_states(state.state_details.flow_run_id)
     assert states["prepare"] == "Cached" and states["validate"] == "Failed" and states["train"] == "NotReady"
 
 
