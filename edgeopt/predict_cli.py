@@ -65,22 +65,15 @@ def resolve_release(release: str, registry: str | None = None, params: str = "pa
 
 
 def load_image(path: str | Path, contract: dict[str, Any]) -> np.ndarray:
-    """An image file -> uint8 HWC array per the input contract: colour mode first, then resize (as prepare)."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file -> uint8 HWC array per the input contract, decoded exactly as `prepare` decodes training data."""
+    from edgeopt.images import decode
 
-    from edgeopt.arrays import DataError
+    size = contract["resize"]["size"]
+    if size[0] != size[1]:
+        from edgeopt.errors import RegistryError
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if int(contract["channels"]) == 1 else "RGB")
-            w, h = contract["resize"]["size"][1], contract["resize"]["size"][0]
-            if im.size != (w, h):
-                method = getattr(Image.Resampling, str(contract["resize"].get("interpolation", "bilinear")).upper())
-                im = im.resize((w, h), method)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
-    arr = arr[..., None] if arr.ndim == 2 else arr
+        raise RegistryError(f"input contract size {size} is not square; this release was not made by edgeopt")
+    arr = decode(path, int(contract["channels"]), int(size[0]))
     return arr[..., ::-1] if contract.get("color_order") == "BGR" else arr
 
 

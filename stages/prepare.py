@@ -12,25 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.arrays import SPLITS, DataError
+from edgeopt.images import IMAGE_EXTENSIONS, NOT_IMAGE, ImageError, decode, to_contract
 from edgeopt.io import atomic_dir, write_json
 from edgeopt.params import Data, Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-HIGH_DEPTH_MODES = {"I", "F"}  # 32-bit int/float (and "I;16*" variants): no defined mapping to uint8 pixels
 SAMPLES_PER_SPLIT = 10  # test images also written as PNG, for `edgeopt predict` demos and device checks
 
 
 def _to_contract(img, cfg: Data):
     """PIL image -> uint8 HWC array in the configured size and channels."""
-    from PIL import Image
-
-    img = img.convert("L" if cfg.channels == 1 else "RGB")
-    if img.size != (cfg.image_size, cfg.image_size):
-        img = img.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
+    return to_contract(img, cfg.channels, cfg.image_size)
 
 
 def load_digits_source(cfg: Data) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -69,8 +62,6 @@ def load_cifar10_source(cfg: Data, project_root: Path) -> tuple[np.ndarray, np.n
 
 
 def load_imagefolder_source(cfg: Data, project_root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(cfg.root)
     root = root if root.is_absolute() else project_root / root
     if not root.is_dir():
@@ -78,36 +69,22 @@ def load_imagefolder_source(cfg: Data, project_root: Path) -> tuple[np.ndarray, 
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: no class folders found; expected root/<class>/<image>.png|jpg")
-    problems: dict[str, list[str]] = {"empty class folder": [], "not an image file": [], "corrupt or truncated image": [],
-                                      "wrong size (data.resize is false)": [],
-                                      "unsupported mode (16-bit/float; convert to 8-bit)": [],
-                                      "too large (decompression bomb guard)": []}
+    problems: dict[str, list[str]] = {}
     images, labels, names = [], [], []
     for label, cdir in enumerate(class_dirs):
         files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
-            problems["empty class folder"].append(f"{cdir.name}/")
+            problems.setdefault("empty class folder", []).append(f"{cdir.name}/")
             continue
         for f in files:
             rel = str(f.relative_to(root))
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                problems["not an image file"].append(rel)
+                problems.setdefault(NOT_IMAGE, []).append(rel)
                 continue
             try:
-                with Image.open(f) as im:
-                    im.load()  # decodes fully: catches truncated files that verify() misses
-                    if im.mode in HIGH_DEPTH_MODES or im.mode.startswith("I;"):  # convert() would clip to 0/255
-                        problems["unsupported mode (16-bit/float; convert to 8-bit)"].append(f"{rel} is {im.mode}")
-                        continue
-                    if not cfg.resize and im.size != (cfg.image_size, cfg.image_size):
-                        problems["wrong size (data.resize is false)"].append(f"{rel} is {im.size[0]}x{im.size[1]}")
-                        continue
-                    images.append(_to_contract(im, cfg))
-            except Image.DecompressionBombError as exc:
-                problems["too large (decompression bomb guard)"].append(f"{rel} ({str(exc).split(',')[0]})")
-                continue
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                problems["corrupt or truncated image"].append(f"{rel} ({type(exc).__name__})")
+                images.append(decode(f, cfg.channels, cfg.image_size, cfg.resize))
+            except ImageError as exc:
+                problems.setdefault(exc.kind, []).append(f"{rel} ({exc.detail})" if exc.detail else rel)
                 continue
             labels.append(label)
             names.append(rel)

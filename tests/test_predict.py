@@ -101,7 +101,7 @@ def test_predict_refuses_tampered_release_and_bad_input(released, tmp_path):
     res = run_cli(tmp_path, "predict", str(tmp_path / "rel"), str(files[0]))
     assert res.returncode == 1 and "fails verification" in res.stderr and "model.onnx" in res.stderr
     res = run_cli(root, "predict", f"registry:{MODEL}@staging", str(root / "params.yaml"))
-    assert res.returncode == 1 and "not a readable image" in res.stderr
+    assert res.returncode == 1 and "corrupt or truncated image" in res.stderr
     res = run_cli(root, "predict", f"registry:{MODEL}@production", str(files[0]))
     assert res.returncode == 1 and "channel 'production' points at nothing" in res.stderr
     assert run_cli(root, "predict", str(tmp_path), str(files[0])).returncode == 1  # no manifest
