@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.arrays import SPLITS, DataError
-from edgeopt.images import IMAGE_EXTENSIONS, NOT_IMAGE, ImageError, decode, to_contract
+from edgeopt.images import (BOMB, CORRUPT, HIGH_DEPTH, IMAGE_EXTENSIONS, NOT_IMAGE, NOT_REGULAR, WRONG_SIZE,
+                            ImageError, decode, to_contract)
 from edgeopt.io import atomic_dir, write_json
 from edgeopt.params import Data, Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 
+# problem classes in the order the report lists them
+PROBLEM_ORDER = ("empty class folder", NOT_IMAGE, NOT_REGULAR, CORRUPT, WRONG_SIZE, HIGH_DEPTH, BOMB)
 SAMPLES_PER_SPLIT = 10  # test images also written as PNG, for `edgeopt predict` demos and device checks
 
 
@@ -88,7 +91,7 @@ def load_imagefolder_source(cfg: Data, project_root: Path) -> tuple[np.ndarray, 
                 continue
             labels.append(label)
             names.append(rel)
-    found = {k: v for k, v in problems.items() if v}
+    found = {k: problems[k] for k in sorted(problems, key=lambda k: (PROBLEM_ORDER + (k,)).index(k)) if problems[k]}
     if found:
         lines = [f"{root}: {sum(map(len, found.values()))} problem(s) in the image folder; nothing was written:"]
         for kind, items in found.items():

@@ -91,11 +91,11 @@ CASES = {
     "empty_class": (("cat", "dog"), (), r"empty class folder \(1\): bird/"),
     "non_image": (("cat", "dog"), (), r"not an image file \(1\): cat/notes\.txt"),
     "wrong_size": (("cat", "dog"), ("data.resize=false", "data.image_size=20"),
-                   r"wrong size \(data\.resize is false\) \(1\): cat/big\.png is 32x32\n"),
+                   r"wrong size \(data\.resize is false\) \(1\): cat/big\.png \(32x32, expected 20x20\)\n"),
     "mode_16bit": (("cat", "dog"), (), r"unsupported mode \(16-bit/float; convert to 8-bit\) \(1\): "
-                   r"dog/depth16\.png is I;16"),
+                   r"dog/depth16\.png \(mode I;16\)"),
     "mode_float": (("cat", "dog"), (), r"unsupported mode \(16-bit/float; convert to 8-bit\) \(1\): "
-                   r"dog/float\.tiff is F"),
+                   r"dog/float\.tiff \(mode F\)"),
     "bomb": (("cat", "dog"), (), r"too large \(decompression bomb guard\) \(1\): dog/bomb\.png \(Image size "
              r"\(900000000 pixels\) exceeds limit"),
     "one_class": (("cat",), (), r"data source 'imagefolder' has only one class \(cat\)"),
