@@ -44,10 +44,10 @@ CLI_WITH_HWM = (
 
 
 def pipeline_stages() -> list[str]:
-    """The stage order of the CLI (the same order dvc.yaml runs them)."""
-    from edgeopt.cli import PIPELINE
+    """The stage order of dvc.yaml (edgeopt.pipeline), as `dvc repro` runs them."""
+    from edgeopt.pipeline import stage_names
 
-    return [name for name, _ in PIPELINE]
+    return stage_names(REPO)
 
 
 def fmt_s(seconds: float | None) -> str:

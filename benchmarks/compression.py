@@ -5,7 +5,7 @@ Rows: FP32 PyTorch eager of the baseline checkpoint, every candidate of the pipe
 baseline (`baseline_ov_int8`, made by the quantize stage itself in a side work directory, see
 `quantize_baseline`).
 
-Nothing here re-implements a pipeline step: accuracy in a runtime is `stages.evaluate.accuracy_in_runtime`
+Nothing here re-implements a pipeline step: accuracy in a runtime is `edgeopt.accuracy.accuracy_in_runtime`
 (the candidates' figures are read from the pipeline's metrics/evaluate.json, which ran that very function on
 the same test split), PyTorch accuracy is `edgeopt.training.evaluate`, models are loaded with
 `edgeopt.runtime.load_model` and timed with `edgeopt.runtime.time_calls` (the bench stage's timer), sizes are
@@ -161,7 +161,7 @@ def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs
     from edgeopt.models import load_checkpoint
     from edgeopt.stats import model_stats
     from edgeopt.training import Splits, evaluate
-    from stages.evaluate import accuracy_in_runtime
+    from edgeopt.accuracy import accuracy_in_runtime
 
     meta = load_meta(paths.prepared)
     test_x, test_y = open_split(paths.prepared, "test")
@@ -204,7 +204,7 @@ def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs
             from edgeopt.runtime import load_model
 
             m = load_model(xml, runtime="openvino", device=device)
-            acc, _ = accuracy_in_runtime(m, test_x, test_y, meta, params.evaluate.batch_size)
+            acc, _ = accuracy_in_runtime(m, test_x, test_y, meta["mean"], meta["std"], params.evaluate.batch_size)
             int8_row.update(status="ok", reason=None, accuracy=round(acc, 4), size_bytes=size, gzip_bytes=gz,
                             files=[_rel(f, paths.root) for f in files], details=entry.get("details"))
             timers.append(Timed(INT8_ROW, _runtime_timer(xml, "openvino", device)))

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from edgeopt.cliargs import add_params_args
+
 # Exit codes a CI/CD pipeline can rely on.
 EXIT_OK = 0
 EXIT_FAILED = 1          # a stage failed (message says why)
@@ -19,30 +21,15 @@ EXIT_USAGE = 2           # bad params, bad arguments
 EXIT_GATE_NONE_PASS = 3  # gate: no candidate passes
 EXIT_GATE_STALE = 4      # gate / promote: inputs missing or stale
 
-PIPELINE = [
-    ("prepare", "Read the data source, make stratified seeded train/val/test splits -> data/prepared/"),
-    ("validate", "Great Expectations checks on a per-image table; stops the pipeline on failure"),
-    ("train", "Train the baseline model (model.*, train.*) -> models/baseline.pt, metrics/train.json"),
-    ("prune", "Structured (Torch-Pruning) or unstructured pruning of the baseline -> models/pruned.pt"),
-    ("finetune", "Recover accuracy of the pruned model (optionally with KD from the baseline)"),
-    ("cluster", "k-means weight sharing per layer (+ cluster-preserving fine-tuning)"),
-    ("sensitivity", "Quantize one layer at a time, rank layers by validation accuracy drop"),
-    ("distill", "Hinton KD of a smaller student (and the same student without KD)"),
-    ("quantize", "INT8/FP16 candidates: NNCF PTQ, accuracy-controlled INT8, ORT static/dynamic, FP16"),
-    ("export", "Export every candidate to ONNX + OpenVINO IR with a parity check against PyTorch"),
-    ("evaluate", "Test accuracy of each exported candidate in its runtime, size, params, MACs"),
-    ("bench", "Latency (p50/p90/p99, throughput) of each candidate; torch-free, runs on the device"),
-    ("gate", "Apply gate thresholds; exit 0 only if a candidate passes (3: none passes, 4: stale inputs)"),
-    ("promote", "Copy the gate's pick into the edge release registry with a manifest and lineage"),
-    ("report", "Markdown/HTML table of candidates, Pareto plots and the model card -> reports/"),
-]
+def pipeline_stages() -> list[tuple[str, str]]:
+    """(name, description) of every dvc.yaml stage in execution order: the CLI has no stage list of its own."""
+    try:
+        from edgeopt.pipeline import PipelineError, execution_order, load_pipeline
 
-
-def _add_params_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--root", default=".", help="project directory holding data/, models/, metrics/ (default: .)")
+        specs = load_pipeline(Path("."))
+    except (ImportError, OSError, ValueError):  # PipelineError is a ValueError
+        return []  # a device without a project: predict, bench --model, registry still work
+    return [(name, specs[name].desc) for name in execution_order(specs)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                "4 gate/promote: inputs missing or stale.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in PIPELINE:
+    for name, help_text in pipeline_stages():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _add_params_args(p)
+        add_params_args(p)
         mod = _stage_module_if_cli_args(name)
         if mod is not None:
             mod.add_arguments(p)
@@ -121,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeopt.errors import exit_code_for
 
     try:
-        if args.command in dict(PIPELINE):
+        if args.command in dict(pipeline_stages()):
             return _run_stage(args.command, args)
         if args.command == "registry":
             from edgeopt import registry_cli

@@ -14,6 +14,11 @@ class RegistryError(RuntimeError):
     """A registry operation refused (exit 1); the message says why."""
 
 
+class PromotionRefused(RuntimeError):
+    """Promotion policy: the release would regress the channel it moves (exit 5); the message gives both
+    accuracies and how to override (registry.allow_regression)."""
+
+
 def exit_code_for(exc: BaseException) -> int | None:
     try:
         from edgeopt.params import ParamsError
@@ -24,6 +29,8 @@ def exit_code_for(exc: BaseException) -> int | None:
         return 3
     if isinstance(exc, StaleInputsError):
         return 4
+    if isinstance(exc, PromotionRefused):
+        return 5
     if isinstance(exc, ParamsError):
         return 2
     names = {t.__name__ for t in type(exc).__mro__}

@@ -1,6 +1,7 @@
 """Git lineage of a working tree: commit and whether tracked files differ from it (torch-free)."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,3 +26,29 @@ def git_state(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"commit": commit, "short": commit[:10], "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(tracked), "modified_files": len(tracked.splitlines()),
             "untracked_files": len([ln for ln in untracked.splitlines() if ln.startswith("??")])}
+
+
+def tag_versions(root: Path, model: str) -> dict[str, str]:
+    """{version: commit} of the registration tags `model@vX.Y.Z` in the repository at `root`."""
+    out = _git(root, "for-each-ref", "--format=%(refname:strip=2) %(*objectname) %(objectname)", f"refs/tags/{model}@v*")
+    versions = {}
+    for line in (out or "").splitlines():
+        name, *shas = line.split()
+        version = name.rsplit("@v", 1)[-1]
+        versions[version] = next((s for s in shas if s), "")  # annotated: the tagged commit; light: the ref
+    return versions
+
+
+def create_tag(root: Path, tag: str, message: str) -> str | None:
+    """Annotated tag on HEAD; None on success, else git's first error line. Never moves an existing tag."""
+    env = {**os.environ}
+    for var, default in (("GIT_COMMITTER_NAME", "edgeopt"), ("GIT_COMMITTER_EMAIL", "edgeopt@localhost")):
+        env.setdefault(var, default)  # an annotated tag needs an identity; CI runners often have none
+    env.setdefault("GIT_AUTHOR_NAME", env["GIT_COMMITTER_NAME"])
+    env.setdefault("GIT_AUTHOR_EMAIL", env["GIT_COMMITTER_EMAIL"])
+    try:
+        out = subprocess.run(["git", "-C", str(root), "tag", "-a", tag, "-m", message], capture_output=True,
+                             text=True, env=env, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if out.returncode == 0 else (out.stderr.strip().splitlines() or ["git tag failed"])[0]

@@ -150,6 +150,9 @@ class Bench(_Section):
     warmup: int = Field(20, ge=0)
     runs: int = Field(200, ge=1)
     time_budget_s: float = Field(0.0, ge=0)
+    rounds: int = Field(3, ge=1, le=20)
+    max_spread: float = Field(3.0, gt=1, le=1000)
+    retries: int = Field(2, ge=0, le=20)
     pytorch_reference: bool = True
 
 
@@ -159,6 +162,7 @@ class Gate(_Section):
     max_latency_ms: float = Field(5.0, gt=0)
     max_size_bytes: int = Field(2_000_000, gt=0)
     rank_by: Literal["latency", "size", "accuracy"] = "latency"
+    latency_tolerance: float = Field(0.05, ge=0, le=1)
 
 
 class Registry(_Section):
@@ -167,6 +171,8 @@ class Registry(_Section):
     channel: str = Field("staging", pattern=CHANNEL_PATTERN)
     bump: Literal["major", "minor", "patch"] = "patch"
     tag: bool = True
+    max_regression: float = Field(0.5, ge=0, le=100)
+    allow_regression: bool = False
 
 
 class Params(_Section):
@@ -288,3 +294,46 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_format_error(exc, source)) from None
+
+
+def render_params_file(text: str, overrides: list[str] | dict[str, Any] | None = None,
+                       base: dict[str, Any] | None = None) -> str:
+    """params.yaml text with `base` (a whole params mapping) and `key=value` overrides applied, comments and
+    layout kept (ruamel round-trip), the way `dvc exp run -S` edits it. The result is validated first."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    doc = rt.load(text) or {}
+    wanted = apply_overrides(base if base is not None else yaml.safe_load(text) or {}, overrides)
+    params_from_dict(wanted, source="params with overrides")  # never write an invalid params.yaml
+
+    from ruamel.yaml.comments import CommentedSeq
+
+    def merge(node: Any, value: Any) -> Any:
+        if isinstance(node, dict) and isinstance(value, dict):
+            for key in [k for k in node if k not in value]:
+                del node[key]
+            for key, v in value.items():
+                node[key] = merge(node[key], v) if key in node else v
+            return node
+        if node == value:  # untouched: keep its formatting and comments
+            return node
+        if isinstance(value, list):
+            seq = CommentedSeq(value)
+            seq.fa.set_flow_style()
+            return seq
+        return value
+
+    merge(doc, wanted)
+    out = io.StringIO()
+    rt.dump(doc, out)
+    return out.getvalue()
+
+
+def project_params(params_file: str | Path, overrides: list[str] | None, root: str | Path) -> Params:
+    """A project's params file (a relative path is taken inside `root`) with `key=value` overrides, validated."""
+    path = Path(params_file)
+    return load_params(path if path.is_absolute() else Path(root) / path, list(overrides or []))

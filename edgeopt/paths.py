@@ -1,6 +1,7 @@
 """The stable file names every stage reads and writes. Stages talk only through these files."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,5 +57,12 @@ class Paths:
         return self.root / "dvclive" / stage
 
     def registry(self, root: str) -> Path:
-        p = Path(root)
-        return p if p.is_absolute() else self.root / p
+        """The registry root: `registry.root` as given when absolute, else inside the project. Inside a DVC
+        experiment (`dvc exp run`, also --temp / --queue, which run in a scratch copy) that is the project the
+        experiment belongs to (DVC_ROOT), never the scratch copy: releases must outlive the experiment."""
+        p = Path(root).expanduser()
+        if p.is_absolute():
+            return p
+        if os.environ.get("DVC_EXP_NAME") and os.environ.get("DVC_ROOT"):
+            return Path(os.environ["DVC_ROOT"]) / p
+        return self.root / p

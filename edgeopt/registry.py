@@ -281,11 +281,13 @@ class Registry:
 
     def publish(self, model: str, files: dict[str, str | Path], manifest: dict[str, Any], *,
                 version: str | None = None, bump: str = "patch", by: str | None = None,
+                taken: frozenset[str] | set[str] = frozenset(),
                 expected_sha256: dict[str, str] | None = None) -> dict[str, Any]:
         """Add a release holding `files` ({name in release: source path}) with `manifest` (+ files, hashes).
 
         Identical content (same file names and hashes as the latest release) is a no-op that returns the
-        latest release (`created: False`). An explicit `version` that already exists is refused.
+        latest release (`created: False`). An explicit `version` that already exists is refused. `taken`: versions
+        used outside this directory (e.g. git tags of releases made elsewhere): never reused either.
         `expected_sha256` ({name: sha256}) guards against files changing under us: the copies must match.
         """
         check_name(model)
@@ -299,6 +301,9 @@ class Registry:
             if expected_sha256 is not None and content != dict(sorted(expected_sha256.items())):
                 raise RegistryError(f"{model}: files differ from the expected sha256 (changed while promoting?)")
             existing = self.versions(model)
+            if version in taken:
+                raise RegistryError(f"{model}@{version} refused: that version was released before (git tag "
+                                    f"{model}@v{version} exists); version numbers are never reused")
             if version in existing:
                 raise RegistryError(f"{model}@{version} already exists; releases are immutable. Let "
                                     f"registry.bump pick the next version, or point a channel at it with "
@@ -314,7 +319,8 @@ class Registry:
                             "path": self.release_dir(model, latest),
                             "manifest_sha256": record["releases"][latest]["manifest_sha256"],
                             "note": f"identical content to {model}@{latest}; no new release"}
-            version = version or bump_version(latest, bump)
+            highest = max([*existing, *taken], key=semver_key, default=None)
+            version = version or bump_version(highest, bump)
             manifest = {"format": RELEASE_FORMAT, "name": model, "version": version, "created": now_iso(),
                         "created_by": by, **manifest}
             manifest["lineage"] = {**manifest.get("lineage", {}), "parent": f"{model}@{latest}" if latest else None}

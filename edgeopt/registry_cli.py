@@ -21,10 +21,10 @@ ACTIONS = ("list", "show", "promote", "pull", "verify", "rollback")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeopt.cli import _add_params_args
+    from edgeopt.cliargs import add_params_args
 
     common = argparse.ArgumentParser(add_help=False)
-    _add_params_args(common)
+    add_params_args(common)
     common.add_argument("--registry", metavar="DIR", help="registry root (default: registry.root of params.yaml)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)

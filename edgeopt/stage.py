@@ -1,6 +1,12 @@
-"""What every stage shares: the run-function wrapper that times it and writes metrics/<stage>.json."""
+"""What every stage shares: the run-function wrapper that times it, restricts the params it may read to those
+dvc.yaml declares for it, and writes metrics/<stage>.json with the params it ran with.
+
+Reading a param that dvc.yaml does not list for the stage is an error (UndeclaredParam), so DVC (and through it
+the Prefect flow) always reruns a stage when something it reads changes: a missing declaration cannot hide.
+"""
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import resource
@@ -8,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import BaseModel
+
+from edgeopt.cliargs import add_params_args
 from edgeopt.io import write_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
@@ -19,6 +28,10 @@ StageFn = Callable[..., dict[str, Any]]
 
 class StageError(RuntimeError):
     """A stage could not do its job; the message says why and what to do. Exit code 1."""
+
+
+class UndeclaredParam(StageError):
+    """A stage read a param that its dvc.yaml entry does not declare (DVC would not rerun it on a change)."""
 
 
 def peak_rss_mb() -> float:
@@ -34,8 +47,82 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class ParamsView:
+    """Read access to the params keys `declared` (dvc.yaml `params:` of one stage: sections or dotted keys)."""
+
+    def __init__(self, model: BaseModel, declared: tuple[str, ...], stage: str, prefix: str = ""):
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_declared", declared)
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def _allowed(self, key: str) -> str:
+        """'all' (the key or a section holding it is declared), 'part' (only keys inside it are), or ''."""
+        if any(key == d or key.startswith(d + ".") for d in self._declared):
+            return "all"
+        return "part" if any(d.startswith(key + ".") for d in self._declared) else ""
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._model, name)  # AttributeError for a key that does not exist at all
+        if name.startswith("_") or callable(value) and not isinstance(value, BaseModel):
+            return value  # pydantic internals and methods such as model_dump go to the model itself
+        key = f"{self._prefix}{'validate' if name == 'validate_' else name}"
+        allowed = self._allowed(key)
+        if allowed == "all":
+            return value
+        if allowed == "part" and isinstance(value, BaseModel):
+            return ParamsView(value, self._declared, self._stage, key + ".")
+        raise UndeclaredParam(f"stage {self._stage!r} reads param {key!r}, which dvc.yaml does not declare for it: "
+                              f"add it to stages.{self._stage}.params (otherwise a change would not rerun it)")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"params are read-only inside stage {self._stage!r}")
+
+    def section(self, name: str) -> dict[str, Any]:
+        return getattr(self, "validate_" if name == "validate" else name).model_dump()
+
+    def declared_values(self) -> dict[str, Any]:
+        """{declared key: value}: what the stage ran with (the params part of its dvc.lock entry)."""
+        out, tree = {}, self._model.model_dump(by_alias=True)
+        for key in self._declared:
+            node: Any = tree
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            out[key] = node
+        return out
+
+    def unrestricted(self) -> Params:
+        """All params, for checks that compare recorded lineage with now (promote); never for computing outputs."""
+        return self._model  # type: ignore[return-value]
+
+
+def ran_with(view: ParamsView, paths: Paths) -> dict[str, Any]:
+    """What a stage's outputs were made from, for lineage checks: its params, the data set, the code commit."""
+    import json
+
+    from edgeopt.gitinfo import git_state
+
+    try:
+        data_hash = json.loads(paths.meta.read_text()).get("content_hash")
+    except (OSError, ValueError, AttributeError):
+        data_hash = None
+    git = git_state(paths.root)
+    return {"params": view.declared_values(), "data_hash": data_hash,
+            "git": {"commit": git.get("commit"), "dirty": git.get("dirty")}}
+
+
+def declared_params(stage_name: str, root: Path) -> tuple[str, ...]:
+    from edgeopt.pipeline import load_pipeline
+
+    specs = load_pipeline(root)
+    if stage_name not in specs:
+        raise StageError(f"stage {stage_name!r} is not in {root / 'dvc.yaml'}; every stage must be declared there")
+    return specs[stage_name].params
+
+
 def stage(name: str) -> Callable[[StageFn], StageFn]:
-    """Wrap `fn(params, paths, **kw) -> metrics`: time it and write its metrics atomically.
+    """Wrap `fn(params, paths, **kw) -> metrics`: time it, give it only its declared params, write its metrics
+    (with the params it ran with, `ran_with`, which promote compares with the params of the release) atomically.
 
     The wrapped function keeps the same signature, so the CLI (dvc.yaml) and the Prefect tasks call the very
     same function and produce the very same files.
@@ -44,9 +131,12 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
         @functools.wraps(fn)
         def run(params: Params, paths: Paths | None = None, **kwargs: Any) -> dict[str, Any]:
             paths = paths or Paths()
+            view = params if isinstance(params, ParamsView) else ParamsView(params, declared_params(name, paths.root),
+                                                                           name)
             t0 = time.perf_counter()
-            metrics = fn(params, paths, **kwargs)
+            metrics = fn(view, paths, **kwargs)
             metrics["cost"] = {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+            metrics["ran_with"] = ran_with(view, paths)
             write_json(paths.metrics(name), metrics)
             return metrics
 
@@ -54,3 +144,43 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
         return run
 
     return decorate
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Our own logs at INFO; third-party libraries (GX, NNCF, ...) only at WARNING unless verbose."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("edgeopt").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
+    """`python -m stages.<name> [--params F] [--set k=v] [--root D] [-v]`: what dvc.yaml runs for a stage.
+
+    Exit codes as the CLI's: known errors print one line `edgeopt <stage>: error: ...` (the Prefect flow shows
+    that line as the reason) and exit with their code; unknown ones keep their traceback."""
+    import json
+    import sys
+
+    from edgeopt.errors import exit_code_for
+    from edgeopt.params import load_params
+
+    name = getattr(fn, "stage_name", fn.__name__)
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=(fn.__doc__ or "").strip())
+    add_params_args(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        metrics = fn(load_params(args.params, args.overrides), Paths(Path(args.root)))
+    except KeyboardInterrupt:
+        print(f"edgeopt {name}: interrupted; outputs of the interrupted stage were not written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # known errors get one clear line, unknown ones a traceback
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        print(f"edgeopt {name}: error: {exc}", file=sys.stderr)
+        return code
+    summary = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+    print(json.dumps({"stage": name, **summary}, default=str))
+    return 0

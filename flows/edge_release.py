@@ -1,12 +1,13 @@
-"""edge_release: the whole pipeline as one Prefect flow whose tasks are the dvc.yaml stages.
+"""edge_release: the whole pipeline as one Prefect flow whose tasks are the dvc.yaml stages, run through DVC.
 
     python -m flows.edge_release --set train.epochs=3        # or: prefect deployment run 'edge-release/nightly'
 
-Stages run as soon as the stages writing their deps are done (distill next to cluster/sensitivity, evaluate
-next to bench), each in a worker process so concurrent training does not share torch's global RNG. A stage
-whose deps, params and outs are unchanged since its last success is taken from the cache. The run ends
-Completed with a summary, or Failed with the reason as its message: the gate verdict when no candidate
-passes, the failed expectations when the data does not validate.
+Each task is `dvc repro --single-item <stage>` (flows/dvc_runner.py), in dvc.yaml's order, one at a time, so
+dvc.lock is the one record of what ran whichever orchestrator ran it, DVC's cache is the one cache (a stage DVC
+finds up to date ends `Cached`), and bench never times a machine busy with another stage. Overrides are
+applied to params.yaml for the run, as `dvc exp run -S` applies them, and the file is restored afterwards
+(flows/workspace.py). The run ends Completed with a summary, or Failed with the reason as its message: the
+gate verdict when no candidate passes, the failed expectations when the data does not validate.
 """
 from __future__ import annotations
 
@@ -18,15 +19,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
-from prefect.task_runners import ProcessPoolTaskRunner
 
-from edgeopt.params import ParamsError
-from edgeopt.stage import StageError
-from flows.pipeline import closure, execution_order, load_pipeline, project_params
-from flows.tasks import completed_result, final_states, stopped_because, submit_stages
+from edgeopt.params import ParamsError, project_params
+from edgeopt.pipeline import PipelineError, closure, execution_order, load_pipeline
+from flows.tasks import completed_result, run_stages_with_dvc, stopped_because
 from flows.ui import publish_release
-
-WORKERS = 2
+from flows.workspace import ProjectBusy, project_run
 
 
 def release_run_name() -> str:
@@ -43,7 +41,7 @@ def release_run_name() -> str:
     return f"{params.model.arch} on {params.data.source} {params.data.image_size}px, {when}"
 
 
-@flow(name="edge-release", flow_run_name=release_run_name, task_runner=ProcessPoolTaskRunner(max_workers=WORKERS),
+@flow(name="edge-release", flow_run_name=release_run_name,
       description="Train, compress, export, evaluate, benchmark, gate and promote an edge release (dvc.yaml stages).")
 def edge_release(params_file: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
                  targets: list[str] | None = None) -> dict[str, Any] | State:
@@ -61,11 +59,12 @@ def edge_release(params_file: str = "params.yaml", overrides: list[str] | None =
         params = project_params(params_file, overrides, root_path)
         specs = load_pipeline(root_path)
         stages = closure(specs, targets) if targets else execution_order(specs)
-    except (ParamsError, StageError) as exc:
+        with project_run(root_path, params_file, overrides):
+            logger.info("project %s: stages %s", root_path, " -> ".join(stages))
+            states = run_stages_with_dvc(stages, root_path)
+    except (ParamsError, PipelineError, ProjectBusy) as exc:
         logger.error("%s", exc)
         return Failed(message=str(exc))
-    logger.info("project %s: stages %s", root_path, " -> ".join(stages))
-    states = final_states(submit_stages(stages, params, root_path))
     reason = stopped_because(states)
     publish_release(params, str(root_path), states, reason)
     if reason:

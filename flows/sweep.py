@@ -3,10 +3,11 @@
     python -m flows.sweep --ratio 0.25 --ratio 0.5 --ratio 0.75 --clusters 16 --clusters 64
     python -m flows.sweep --address tcp://scheduler:8786      # a running Dask cluster (shared filesystem)
 
-The shared stages (prepare, validate, train) run once in the project. Every configuration (prune.ratio x
+The shared stages (prepare, validate, train) run once in the project, through DVC (dvc.lock records them, DVC's
+cache skips them when up to date). Every configuration (prune.ratio x
 cluster.n_clusters x quantize mode) then runs the compression stages and export/evaluate/bench/gate in its own
 work dir `sweeps/<name>/<config>/`, which links the project's prepared data and baseline. The stages are the
-same cached Prefect tasks as in edge_release, submitted to a DaskTaskRunner: a local cluster (n_workers
+stage functions as Prefect tasks (`flows.tasks.run_stage`, scratch work dirs outside DVC), submitted to a DaskTaskRunner: a local cluster (n_workers
 processes, 1 thread each) by default, a remote scheduler with `address`. The result, `sweeps/<name>/sweep.json`
 and a table artifact, lists every configuration, the Pareto front (accuracy vs p50 latency) over all their
 compressed candidates, and the best configuration whose gate passed (ranked by gate.rank_by).
@@ -29,9 +30,11 @@ from edgeopt.io import write_json
 from edgeopt.params import ParamsError
 from edgeopt.paths import Paths
 from edgeopt.stage import StageError
-from flows.pipeline import closure, load_pipeline, project_params
-from flows.tasks import final_states, stopped_because, submit_stages
+from edgeopt.params import project_params
+from edgeopt.pipeline import PipelineError, closure, load_pipeline
+from flows.tasks import final_states, run_stages_with_dvc, stopped_because, submit_stages
 from flows.ui import png_data_uri, release_rows
+from flows.workspace import ProjectBusy, project_run
 from stages.gate import rank_key
 from stages.report import pareto_front, plot_pareto
 
@@ -186,12 +189,13 @@ def sweep(params_file: str = "params.yaml", overrides: list[str] | None = None, 
                 raise ParamsError(f"sweep configuration {cfg['id']}: {exc}") from None
             cfg["workdir"] = str(out_dir / cfg["id"])
         shared = closure(load_pipeline(root_path), SHARED)
-    except (ParamsError, StageError) as exc:
+        if not configs:
+            return Failed(message="the sweep grid is empty: give at least one prune ratio, cluster count and mode")
+        with project_run(root_path, params_file, base):  # the shared stages through DVC, as the release runs them
+            reason = stopped_because(run_stages_with_dvc(shared, root_path))
+    except (ParamsError, StageError, PipelineError, ProjectBusy) as exc:
         logger.error("%s", exc)
         return Failed(message=str(exc))
-    if not configs:
-        return Failed(message="the sweep grid is empty: give at least one prune ratio, cluster count and mode")
-    reason = stopped_because(final_states(submit_stages(shared, params, root_path)))
     if reason:
         return Failed(message=f"shared stages: {reason}")
     for cfg in configs:

@@ -1,42 +1,57 @@
-"""The Prefect task that runs one pipeline stage, and helpers that submit stages in dvc.yaml order.
+"""Prefect tasks that run pipeline stages.
 
-The task calls `stages/<name>.py:run(params, paths)`, the very function `edgeopt <name>` (and so `dvc repro`)
-calls, so both orchestrators write the same files. The flows only decide which stages to submit and read the
-resulting states.
+- `dvc_stage`: one dvc.yaml stage in the project, through DVC (`flows.dvc_runner`), so dvc.lock records it and
+  DVC's cache decides what is up to date; an unchanged stage ends `Cached`. The release flow uses it.
+- `run_stage`: the stage function itself in a scratch work directory outside DVC (sweep and search trials,
+  which are measured and thrown away, never released).
+Both call the very code `edgeopt <stage>` runs. The flows only decide which stages to run and read the states.
 """
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, wait
-from prefect.states import State
-from prefect.tasks import exponential_backoff
-from prefect.transactions import get_transaction
+from prefect.states import Completed, Pending, State
 
 from edgeopt.params import Params
 from edgeopt.paths import Paths
+from edgeopt.pipeline import load_pipeline, upstream
 from edgeopt.stage import StageError
-from flows.caching import StageInputsAndOutputs, results_dir, write_stamp
-from flows.pipeline import load_pipeline, upstream
+from flows import dvc_runner
 
 RETRIES = 2
 # OSErrors that name a wrong or missing path: retrying cannot help, the message says what to run or fix
 NOT_TRANSIENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 # stage errors whose message already says what happened and what to do: shown as they are
 CLEAR_ERRORS = {"GateNonePassError", "StaleInputsError", "ValidationFailed", "DataError", "ParamsError",
-                "StageError", "CheckpointError", "RegistryError"}
+                "StageError", "CheckpointError", "RegistryError", "StageFailed", "PromotionRefused"}
+NOT_RUN = "NotRun"
 
 
-def is_transient_io_error(task: Any, task_run: Any, state: State) -> bool:
-    """retry_condition_fn: retry I/O hiccups only, never bad params, bad data or a missing input."""
-    exc = state.data
-    return isinstance(exc, OSError) and not isinstance(exc, NOT_TRANSIENT)
+class StageFailed(RuntimeError):
+    """A stage run through DVC failed; the message is the stage's own error line."""
+
+    def __init__(self, stage: str, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.stage, self.exit_code = stage, exit_code
+
+
+class DvcLockBusy(RuntimeError):
+    """Another DVC process held the repository lock: worth a retry."""
+
+
+def is_transient(task: Any, task_run: Any, state: State) -> bool:
+    """retry_condition_fn: retry I/O hiccups and a busy DVC lock, never bad params, bad data or a failed gate."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, DvcLockBusy) or (isinstance(exc, OSError) and not isinstance(exc, NOT_TRANSIENT))
 
 
 def stage_function(stage: str) -> Callable[..., dict[str, Any]]:
@@ -73,37 +88,68 @@ def headline(metrics: dict[str, Any], limit: int = 8) -> str:
     return ", ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}" for k, v in flat[:limit]) or "-"
 
 
-@task(persist_result=True, cache_policy=StageInputsAndOutputs(), retries=RETRIES,
-      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-      retry_condition_fn=is_transient_io_error, log_prints=True)
+def stage_summary(root: str | Path, stage: str) -> dict[str, Any]:
+    """The scalar part of metrics/<stage>.json (what the task shows as its result)."""
+    try:
+        metrics = json.loads(Paths(Path(root)).metrics(stage).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))} if isinstance(metrics, dict) else {}
+
+
+@task(cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=[5, 20], retry_condition_fn=is_transient)
+def dvc_stage(stage: str, root: str) -> dict[str, Any] | State:
+    """`dvc repro --single-item <stage>` in `root`; Cached when DVC found it up to date (or in its run cache)."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    outcome = dvc_runner.run_stage(root, stage, on_line=lambda line: logger.info("%s", line) if line else None)
+    if outcome.status == "failed":
+        if outcome.lock_busy:
+            raise DvcLockBusy(f"{stage}: {outcome.message}")
+        raise StageFailed(stage, outcome.message, outcome.exit_code)
+    summary = stage_summary(root, stage)
+    if outcome.cached:
+        why = "up to date in dvc.lock" if outcome.status == "skipped" else "restored from DVC's run cache"
+        logger.info("%s: %s, not run", stage, why)
+        return Completed(data=summary, name="Cached", message=why)
+    logger.info("%s: done in %.1f s: %s", stage, time.perf_counter() - t0, headline(summary))
+    return summary
+
+
+def run_stages_with_dvc(stages: list[str], root: str | Path) -> dict[str, State]:
+    """Run `stages` one after another (dvc.yaml order, one CPU-heavy stage at a time: bench must time a quiet
+    machine); after a failure the rest are NotRun."""
+    states: dict[str, State] = {}
+    for name in stages:
+        if states and not all(s.is_completed() for s in states.values()):
+            states[name] = Pending(name=NOT_RUN, message="an upstream stage failed")
+            continue
+        states[name] = dvc_stage.with_options(name=name, task_run_name=name)(name, str(root), return_state=True)
+    return states
+
+
+@task(cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=[2, 4], retry_condition_fn=is_transient,
+      log_prints=True)
 def run_stage(stage: str, params: Params, root: str) -> dict[str, Any]:
-    """Run one stage in project `root`; its metrics dict is the task result."""
+    """Run one stage function in work directory `root` (no DVC); its metrics dict is the task result."""
     logger = get_run_logger()
     forward_stage_logs()
     logger.info("%s: running stages/%s.py in %s", stage, stage, root)
     t0 = time.perf_counter()
     metrics = stage_function(stage)(params, Paths(Path(root)))
-    txn = get_transaction()
-    if txn is not None and txn.key:
-        write_stamp(root, stage, txn.key)
     logger.info("%s: done in %.1f s: %s", stage, time.perf_counter() - t0, headline(metrics))
     return metrics
 
 
-def stage_task(stage: str, root: str | Path, label: str | None = None):
-    """`run_stage` named after the stage, persisting results (and cache records) under the project."""
-    return run_stage.with_options(name=stage, task_run_name=f"{stage} [{label}]" if label else stage,
-                                  result_storage=results_dir(root).resolve())
-
-
 def submit_stages(stages: Iterable[str], params: Params, root: str | Path, label: str | None = None,
                   after: Iterable[PrefectFuture] = ()) -> dict[str, PrefectFuture]:
-    """Submit `stages` (in execution order); each waits for the ones writing its deps and for `after`."""
+    """Submit `stages` (in execution order) as `run_stage` tasks; each waits for the ones writing its deps."""
     ups = upstream(load_pipeline(root))
     futures: dict[str, PrefectFuture] = {}
     for name in stages:
         wait_for = [futures[u] for u in sorted(ups[name]) if u in futures] + list(after)
-        futures[name] = stage_task(name, root, label).submit(name, params, str(root), wait_for=wait_for)
+        futures[name] = run_stage.with_options(name=name, task_run_name=f"{name} [{label}]" if label else name).submit(
+            name, params, str(root), wait_for=wait_for)
     return futures
 
 
@@ -132,6 +178,6 @@ def stopped_because(states: dict[str, State]) -> str | None:
 
 
 def completed_result(states: dict[str, State], stage: str) -> dict[str, Any] | None:
-    """The metrics a stage returned (also when taken from the cache), or None if it did not complete."""
+    """The metrics a stage returned (also when DVC found it up to date), or None if it did not complete."""
     state = states.get(stage)
     return state.result() if state is not None and state.is_completed() else None

@@ -6,6 +6,7 @@ the device. Only the optional PyTorch eager reference needs torch; it is importe
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     if not targets:
         raise StageError(f"{paths.candidates}: no candidate passed export for runtimes {list(allowed)}; "
                          "nothing to benchmark (see the reasons in candidates.json)")
-    report = bench_report(targets, profile=params.target.name, threads=b.threads, streams=b.streams,
-                          warmup=b.warmup, runs=b.runs, time_budget_s=b.time_budget_s,
-                          device=params.target.device, base_dir=paths.exported)
+    report = quiet_report(targets, params, paths)
     report["candidates"].update(skipped)
     for name, r in report["candidates"].items():
         if r["status"] == "ok":
@@ -42,6 +41,55 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             log.warning("%-30s %s: %s", name, r["status"], r["reason"])
     if b.pytorch_reference:
         report["pytorch_reference"] = {"baseline": pytorch_reference(params, paths)}
+    return report
+
+
+def _spread(entry: dict[str, Any]) -> float:
+    return entry["p90_ms"] / entry["p50_ms"] if entry.get("status") == "ok" and entry.get("p50_ms") else 1.0
+
+
+def quiet_report(targets: list, params: Params, paths: Paths) -> dict[str, Any]:
+    """`bench.rounds` interleaved rounds over all candidates; each keeps its least disturbed round (lowest p90).
+    A candidate whose best round still shows interference (p90/p50 > bench.max_spread: another process took
+    the core) is measured again, up to `bench.retries` more rounds. Load averages before and after say how
+    quiet the machine was; the Prefect flow runs no other stage meanwhile."""
+    b = params.bench
+    load_before = os.getloadavg()
+
+    def one_round(subset: list) -> dict[str, Any]:
+        return bench_report(subset, profile=params.target.name, threads=b.threads, streams=b.streams,
+                            warmup=b.warmup, runs=b.runs, time_budget_s=b.time_budget_s,
+                            device=params.target.device, base_dir=paths.exported)
+
+    rounds = [one_round(targets) for _ in range(b.rounds)]
+    report = rounds[-1]
+    best: dict[str, dict[str, Any]] = {}
+    for r in rounds:
+        for name, entry in r["candidates"].items():
+            if name not in best or (entry["status"] == "ok" and (best[name]["status"] != "ok"
+                                                                 or entry["p90_ms"] < best[name]["p90_ms"])):
+                best[name] = entry
+    retried: dict[str, int] = {}
+    for _ in range(b.retries):
+        disturbed = [t for t in targets if _spread(best[t.name]) > b.max_spread]
+        if not disturbed:
+            break
+        for name, entry in one_round(disturbed)["candidates"].items():
+            retried[name] = retried.get(name, 0) + 1
+            if entry["status"] == "ok" and entry["p90_ms"] < best[name]["p90_ms"]:
+                best[name] = entry
+    for name, entry in best.items():
+        entry["spread_p90_p50"] = round(_spread(entry), 3)
+        entry["disturbed"] = _spread(entry) > b.max_spread
+    report["candidates"] = best
+    report["measurement"] = {"rounds": b.rounds, "retried": retried, "max_spread": b.max_spread,
+                             "load_average_before": [round(x, 2) for x in load_before],
+                             "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                             "cores": os.cpu_count()}
+    if any(e.get("disturbed") for e in best.values()):
+        log.warning("bench: %s still show interference (p90/p50 > %s) after %d retries; load average %s",
+                    sorted(n for n, e in best.items() if e.get("disturbed")), b.max_spread, b.retries,
+                    report["measurement"]["load_average_after"])
     return report
 
 
@@ -66,3 +114,11 @@ def pytorch_reference(params: Params, paths: Paths) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     return {"runtime": "pytorch", "version": torch.__version__, "threads": 1, **timing, "status": "ok", "reason": None}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -216,3 +216,11 @@ def run(params: Params, paths: Paths) -> dict:
             "layers": {n: {"weights": sizes[n], "unique_before": unique_before[n], "unique_after": unique_after[n],
                            "clustered": n in clustered} for n in sizes},
             "before": before, "after": after}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -61,3 +61,11 @@ def run(params: Params, paths: Paths) -> dict:
           + (f", {result['student_nokd']['test_accuracy']:.2f}% without (gain {result['kd_gain_points']:+.2f} pt)"
              if "student_nokd" in result else "") + f"; teacher {teacher_test:.2f}%")
     return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.arrays import iter_batches, load_meta, normalize, open_split
+from edgeopt.accuracy import accuracy_in_runtime, anon_rss_mb
+from edgeopt.arrays import load_meta, open_split
 from edgeopt.io import gzip_size, read_json, sha256_file
 from edgeopt.params import Params
 from edgeopt.paths import Paths
@@ -22,31 +23,6 @@ from edgeopt.stage import StageError, stage
 
 log = logging.getLogger("edgeopt.evaluate")
 CARRIED = ("runtime", "precision", "params", "nonzero_params", "macs", "unique_weights", "sha256")
-
-
-def anon_rss_mb() -> float:
-    """Current anonymous resident memory (heap, arrays), excluding file-backed pages of memory-mapped data,
-    which the kernel can drop at any time. Falls back to the peak RSS off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    from edgeopt.stage import peak_rss_mb
-
-    return peak_rss_mb()
-
-
-def accuracy_in_runtime(model, images: np.ndarray, labels: np.ndarray, meta: dict,
-                        batch_size: int) -> tuple[float, float]:
-    """(accuracy %, peak anonymous memory MB while streaming) of a runtime model on uint8 NHWC images."""
-    correct, peak = 0, anon_rss_mb()
-    for batch, y in iter_batches(images, labels, batch_size):
-        logits = model.predict(normalize(batch, meta["mean"], meta["std"]))
-        correct += int((logits.argmax(1) == y).sum())
-        peak = max(peak, anon_rss_mb())
-    return 100.0 * correct / max(len(labels), 1), peak
 
 
 def _verify_files(exported: Path, cand: dict[str, Any]) -> None:
@@ -80,7 +56,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                 model = load_model(paths.exported / cand["primary"], runtime=cand["runtime"],
                                    device=params.target.device)
                 t0, before = time.perf_counter(), anon_rss_mb()
-                row["accuracy"], top = accuracy_in_runtime(model, images, labels, meta, params.evaluate.batch_size)
+                row["accuracy"], top = accuracy_in_runtime(model, images, labels, meta["mean"], meta["std"],
+                                                          params.evaluate.batch_size)
                 row["eval_s"] = round(time.perf_counter() - t0, 3)
                 growth, peak = max(growth, top - before), max(peak, top)
                 del model
@@ -114,3 +91,11 @@ def _add_drops(results: dict[str, Any], baselines: dict[str, str | None]) -> Non
         if r["status"] == "ok" and not ok:
             r["status"] = "failed"  # a drop that cannot be measured must not pass the accuracy gate
             r["reason"] = f"no FP32 baseline accuracy in {r['runtime']} to compare with (baseline {base_name!r} failed)"
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

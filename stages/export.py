@@ -229,3 +229,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "skipped": skipped, "runtimes": list(allowed),
             "parity": {e["name"]: {k: e["parity"][k] for k in ("agreement", "max_abs_diff", "passed")}
                        for e in entries if e["parity"]}}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

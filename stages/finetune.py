@@ -77,3 +77,11 @@ def run(params: Params, paths: Paths) -> dict:
             "best_epoch": result.best_epoch, "kept_pruned_weights": kept_pruned, "sparsity_kept": sparse,
             "images_per_s": round(result.images_per_s, 1), "precision": result.precision, **recipe,
             "before": before, "after": after, "history": result.history}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -28,10 +28,13 @@ GATES = ("accuracy_drop", "latency", "size")
 RANK_KEYS = ("latency", "size", "accuracy")
 RULE = ("A candidate passes when its status is ok in export, evaluate and bench and it meets every gate: "
         "accuracy drop (points, vs the FP32 baseline in the same runtime) <= max_accuracy_drop, latency at "
-        "latency_percentile <= max_latency_ms, shipped bytes <= max_size_bytes. Passing candidates are ranked "
-        "by rank_by (latency: lowest; size: smallest; accuracy: highest), ties broken by the other two criteria "
-        "in the order latency, size, accuracy, then by name. FP32 baselines (source 'baseline') are eligible "
-        "only when no other candidate passes.")
+        "latency_percentile <= max_latency_ms, shipped bytes <= max_size_bytes. The pick is on the Pareto front "
+        "of the passing candidates (accuracy, latency, size; latencies within latency_tolerance count as equal): "
+        "a candidate another one matches or beats on all three and beats on one is never picked. On the front, "
+        "rank_by decides (latency: lowest; size: smallest; accuracy: highest); what it cannot tell apart "
+        "(latencies within the tolerance, equal sizes or accuracies) goes to the more accurate, then the smaller, "
+        "then the faster, then by name. FP32 baselines (source 'baseline') are eligible only when no other "
+        "candidate passes.")
 
 
 def rel(path: Path, paths: Paths) -> str:
@@ -112,9 +115,60 @@ def evaluate_gates(row: dict[str, Any], params: Params) -> None:
 
 
 def rank_key(row: dict[str, Any], rank_by: str) -> tuple:
+    """A strict order without tolerances (kept for callers that compare single picks)."""
     values = {"latency": row["latency_ms"], "size": row["size_bytes"], "accuracy": -row["accuracy"]}
     order = [rank_by] + [k for k in RANK_KEYS if k != rank_by]
     return (row["baseline"], *(values[k] for k in order), row["name"])
+
+
+def dominates(a: dict[str, Any], b: dict[str, Any], tolerance: float) -> bool:
+    """`a` is at least as good as `b` on accuracy, latency (within `tolerance`, the measurement noise) and size,
+    and better on one of them (latency only when beyond the noise)."""
+    no_worse = (a["accuracy"] >= b["accuracy"] and a["latency_ms"] <= b["latency_ms"] * (1 + tolerance)
+                and a["size_bytes"] <= b["size_bytes"])
+    better = (a["accuracy"] > b["accuracy"] or a["size_bytes"] < b["size_bytes"]
+              or a["latency_ms"] * (1 + tolerance) < b["latency_ms"])
+    return no_worse and better
+
+
+def pareto_layers(rows: list[dict[str, Any]], tolerance: float) -> list[list[dict[str, Any]]]:
+    """Non-dominated sorting: the Pareto front first, then the front of what remains, and so on."""
+    pool, layers = list(rows), []
+    while pool:
+        front = [r for r in pool if not any(dominates(o, r, tolerance) for o in pool if o is not r)]
+        layers.append(front)
+        pool = [r for r in pool if all(r is not f for f in front)]
+    return layers
+
+
+def _order_front(front: list[dict[str, Any]], rank_by: str, tolerance: float) -> list[dict[str, Any]]:
+    """rank_by decides; what it cannot tell apart (latencies within the noise, equal sizes or accuracies) is
+    decided by accuracy, then size, then latency, then name."""
+    remaining, ordered = list(front), []
+    while remaining:
+        if rank_by == "latency":
+            fastest = min(r["latency_ms"] for r in remaining)
+            tied = [r for r in remaining if r["latency_ms"] <= fastest * (1 + tolerance)]
+        elif rank_by == "size":
+            tied = [r for r in remaining if r["size_bytes"] == min(x["size_bytes"] for x in remaining)]
+        else:
+            tied = [r for r in remaining if r["accuracy"] == max(x["accuracy"] for x in remaining)]
+        pick = min(tied, key=lambda r: (-r["accuracy"], r["size_bytes"], r["latency_ms"], r["name"]))
+        ordered.append(pick)
+        remaining = [r for r in remaining if r is not pick]
+    return ordered
+
+
+def rank_rows(rows: list[dict[str, Any]], rank_by: str, tolerance: float) -> list[dict[str, Any]]:
+    """Passing rows best first: FP32 baselines after every other candidate; within each group the Pareto front
+    (accuracy, latency, size) before dominated rows, each front ordered by `_order_front`. So the pick is always
+    on the front: a candidate that another beats on accuracy at the same latency (within the noise) and size
+    is never picked."""
+    out = []
+    for group in ([r for r in rows if not r["baseline"]], [r for r in rows if r["baseline"]]):
+        for layer in pareto_layers(group, tolerance):
+            out += _order_front(layer, rank_by, tolerance)
+    return out
 
 
 def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, latency: dict,
@@ -185,7 +239,13 @@ def build_report(params: Params, paths: Paths, latency_report: str | Path | None
                          "pass a report from `edgeopt bench --out`" if latency_report else
                          "run `edgeopt bench` (`dvc repro bench`)")
     rows, measured = build_rows(params, paths, cands_doc, evaluate, latency, eval_path, lat_path)
-    passed = sorted((r for r in rows if r["verdict"] == "pass"), key=lambda r: rank_key(r, params.gate.rank_by))
+    tolerance = params.gate.latency_tolerance
+    passed = rank_rows([r for r in rows if r["verdict"] == "pass"], params.gate.rank_by, tolerance)
+    for group in (False, True):  # on the Pareto front of the passing candidates (baselines apart), for reports
+        members = [r for r in passed if r["baseline"] is group]
+        front = pareto_layers(members, tolerance)[0] if members else []
+        for r in members:
+            r["pareto_front"] = any(r is f for f in front)
     report = {
         "format": FORMAT,
         "status": "pass" if passed else "none_pass",
@@ -278,3 +338,11 @@ def run(params: Params, paths: Paths, latency_report: str | Path | None = None) 
         raise GateNonePassError(f"no candidate passes the gates ({reasons}); see {rel(paths.report('gate.json'), paths)}")
     log.info("gate: %s selected (%d of %d pass)", report["selected"], len(report["passed"]), len(report["rows"]))
     return metrics
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -203,3 +203,11 @@ def _write_samples(folder: Path, images: np.ndarray, labels: np.ndarray, classes
     for i in range(min(SAMPLES_PER_SPLIT, len(images))):
         img = images[i][..., 0] if images.shape[-1] == 1 else images[i]
         Image.fromarray(img).save(folder / f"test_{i:03d}_{classes[labels[i]]}.png")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

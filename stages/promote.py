@@ -7,13 +7,13 @@ everything a device needs (files + sha256, input contract, classes) and everythi
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgeopt.errors import GateNonePassError, RegistryError, StaleInputsError
+from edgeopt.errors import GateNonePassError, PromotionRefused, RegistryError, StaleInputsError
 from edgeopt.gitinfo import git_state as git_state_of
 from edgeopt.io import read_json, sha256_file, sha256_json
 from edgeopt.params import Params
@@ -45,7 +45,7 @@ def load_gate_report(paths: Paths) -> dict[str, Any]:
     return report
 
 
-def check_rederived(report: dict[str, Any], params: Params, paths: Paths) -> None:
+def check_rederived(report: dict[str, Any], paths: Paths) -> None:
     """The digest is not keyed: an edited report with a recomputed digest passes that check. So rebuild the report
     from its inputs with its own thresholds and target, and refuse unless it is the very same report."""
     from pydantic import ValidationError
@@ -55,7 +55,7 @@ def check_rederived(report: dict[str, Any], params: Params, paths: Paths) -> Non
 
     path = paths.report("gate.json")
     try:
-        p = ParamsModel.model_validate({**params.dump(), "gate": report["thresholds"], "target": report["target"]})
+        p = ParamsModel.model_validate({"gate": report["thresholds"], "target": report["target"]})
     except (KeyError, TypeError, ValidationError):
         raise StaleInputsError(f"{path}: thresholds/target unreadable (edited by hand?); rerun `edgeopt gate`") \
             from None
@@ -114,32 +114,140 @@ def input_contract(cands: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
 
 
 def git_state(root: Path) -> dict[str, Any]:
-    # dvc.lock is rewritten by the very `dvc repro` that runs this stage: it does not make the code dirty.
-    return git_state_of(root, ignore=("dvc.lock",))
+    """HEAD and whether the code is dirty; the files the pipeline itself writes (dvc.lock, metrics/, reports/,
+    dvclive/: git-tracked DVC outputs) do not count, the very `dvc repro` running this stage rewrites them."""
+    from edgeopt.pipeline import PipelineError, load_pipeline
 
-
-def git_tag(root: Path, model: str, version: str, message: str) -> tuple[str | None, str]:
-    """Annotated GTO-style registration tag `model@vX.Y.Z` on HEAD; (tag, note), tag None when skipped."""
-    tag = f"{model}@v{version}"
-    env = {**os.environ}
-    for var, default in (("GIT_COMMITTER_NAME", "edgeopt"), ("GIT_COMMITTER_EMAIL", "edgeopt@localhost")):
-        env.setdefault(var, default)  # an annotated tag needs an identity; CI runners often have none
-    env.setdefault("GIT_AUTHOR_NAME", env["GIT_COMMITTER_NAME"])
-    env.setdefault("GIT_AUTHOR_EMAIL", env["GIT_COMMITTER_EMAIL"])
-    if git_state(root)["commit"] is None:
-        return None, "not tagged: not a git repository with a commit"
     try:
-        out = subprocess.run(["git", "-C", str(root), "tag", "-a", tag, "-m", message], capture_output=True,
-                             text=True, env=env, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"not tagged: {exc}"
-    if out.returncode != 0:
-        return None, f"not tagged: git tag failed: {(out.stderr.strip().splitlines() or ['?'])[0]}"
-    return tag, f"tagged {tag} (push it with `git push origin {tag}`)"
+        written = [o for spec in load_pipeline(root).values() for o in spec.outs]
+    except (PipelineError, OSError):
+        written = []
+    return git_state_of(root, ignore=("dvc.lock", *written))
 
 
-def build_manifest(params: Params, paths: Paths, report: dict[str, Any], row: dict[str, Any],
-                   primary: str) -> dict[str, Any]:
+def _normal(value: Any) -> Any:
+    """JSON round trip: recorded params were written as JSON (tuples became lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _leaf_diffs(key: str, was: Any, now: Any) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (recorded, now)} of the leaves that differ."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for k in sorted(set(was) | set(now)):
+            out.update(_leaf_diffs(f"{key}.{k}", was.get(k), now.get(k)))
+        return out
+    return {} if was == now else {key: (was, now)}
+
+
+def recorded_lineage(params: Params, paths: Paths) -> dict[str, Any]:
+    """What built the candidates the gate measured: the params, data and commit every stage upstream of the gate
+    recorded when it ran (metrics/<stage>.json `ran_with`, the values dvc.lock holds). Refused (exit 4) when they
+    differ from the params and data of now: a release must say what really built it."""
+    from edgeopt.pipeline import closure, load_pipeline
+
+    now = _normal(params.model_dump(by_alias=True))
+    meta_hash = (optional_json(paths.meta) or {}).get("content_hash")
+    built: dict[str, Any] = {}
+    commits: dict[str, str | None] = {}
+    diffs: dict[str, str] = {}
+    for stage_name in closure(load_pipeline(paths.root), ["gate"]):
+        path = paths.metrics(stage_name)
+        ran = (optional_json(path) or {}).get("ran_with")
+        if not isinstance(ran, dict) or not isinstance(ran.get("params"), dict):
+            raise StaleInputsError(f"{path}: no record of the params stage {stage_name!r} ran with (missing, or made "
+                                   "by an older edgeopt); rerun `dvc repro`")
+        for key, value in ran["params"].items():
+            current: Any = now
+            for part in key.split("."):
+                current = current.get(part) if isinstance(current, dict) else None
+            for leaf, (was, is_) in _leaf_diffs(key, _normal(value), current).items():
+                diffs.setdefault(leaf, f"{leaf}: built with {was!r}, now {is_!r}")
+            built[key] = value
+        if ran.get("data_hash") and meta_hash and ran["data_hash"] != meta_hash:
+            diffs.setdefault("data", f"data: {stage_name} used data {str(ran['data_hash'])[:12]}, data/prepared is "
+                                     f"now {str(meta_hash)[:12]}")
+        commits[stage_name] = (ran.get("git") or {}).get("commit")
+    if diffs:
+        shown = list(diffs.values())
+        raise StaleInputsError("the candidates were not built with the params and data of now ("
+                               + "; ".join(shown[:8]) + (f"; +{len(shown) - 8} more" if len(shown) > 8 else "")
+                               + "); rerun `dvc repro`, or promote with the params they were built with")
+    return {"params": built, "data_hash": meta_hash, "stage_commits": commits}
+
+
+def optional_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = read_json(path)
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def check_regression(registry: Registry, model: str, channel: str, row: dict[str, Any], content: dict[str, str],
+                     paths: Paths, max_regression: float, allow: bool) -> dict[str, Any] | None:
+    """The channel's current release, measured now in its runtime on this run's test split, against the
+    candidate (measured by evaluate on the same split). Refused (exit 5) when the candidate is more than
+    `max_regression` points below it, unless `allow`."""
+    from edgeopt.accuracy import accuracy_in_runtime
+    from edgeopt.arrays import load_meta, open_split
+    from edgeopt.runtime import RuntimeModelError, load_model
+
+    current = registry.channel(model, channel)
+    if current is None:
+        return None
+    manifest = registry.manifest(model, current)
+    base = {"channel_release": f"{model}@{current}", "candidate_accuracy": row["accuracy"],
+            "max_regression": max_regression, "allowed": allow}
+    if {k: v.get("sha256") for k, v in (manifest.get("files") or {}).items()} == content:
+        return {**base, "note": "same files as the channel's current release"}
+    problems = registry.verify(model, current)
+    meta = load_meta(paths.prepared)
+    inp = manifest.get("input") or {}
+    why = None
+    if problems:
+        why = f"{model}@{current} fails verification ({problems[0]})"
+    elif manifest.get("classes") != meta["classes"]:
+        why = f"{model}@{current} has other classes ({len(manifest.get('classes') or [])} vs {len(meta['classes'])})"
+    elif list(inp.get("shape") or [])[1:] != [meta["channels"], meta["image_size"], meta["image_size"]]:
+        why = f"{model}@{current} takes input {inp.get('shape')}, this data set is " \
+              f"{[meta['channels'], meta['image_size'], meta['image_size']]}"
+    if why is None:
+        images, labels = open_split(paths.prepared, "test")
+        try:
+            runtime_model = load_model(registry.release_dir(model, current) / manifest["primary"],
+                                       runtime=manifest.get("runtime"))
+            accuracy, _ = accuracy_in_runtime(runtime_model, images, labels, inp["mean"], inp["std"], 256)
+        except (RuntimeModelError, KeyError) as exc:
+            why = f"{model}@{current} cannot be measured here ({exc})"
+    if why is not None:
+        if problems:  # a broken release is no standard to keep: replacing it is the repair
+            return {**base, "note": f"{why}; replaced without comparison"}
+        if not allow:
+            raise PromotionRefused(f"{model}@{channel} is {current}, which cannot be compared with {row['name']}: {why}. "
+                                   f"Not released; set registry.allow_regression=true (or --allow-regression) to "
+                                   f"move {channel!r} anyway")
+        return {**base, "note": f"{why}; allowed by registry.allow_regression"}
+    delta = float(row["accuracy"]) - accuracy
+    result = {**base, "channel_accuracy": round(accuracy, 4), "delta_points": round(delta, 4),
+              "split": "test", "images": int(len(labels))}
+    if delta < -max_regression and not allow:
+        raise PromotionRefused(
+            f"{row['name']} scores {row['accuracy']:.2f} % but {model}@{channel} ({current}) scores {accuracy:.2f} % "
+            f"on the same {len(labels)} test images in its runtime ({delta:+.2f} pt; registry.max_regression is "
+            f"{max_regression} pt). Not released; set registry.allow_regression=true (or --allow-regression) to "
+            f"release it anyway")
+    return result
+
+
+def in_experiment() -> dict[str, str] | None:
+    """The DVC experiment this stage runs in (`dvc exp run`), None outside one."""
+    name = os.environ.get("DVC_EXP_NAME")
+    return {"name": name, "baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", "")} if name else None
+
+
+def build_manifest(paths: Paths, report: dict[str, Any], row: dict[str, Any], primary: str,
+                   lineage: dict[str, Any]) -> dict[str, Any]:
     cands = read_json(paths.candidates, "candidates file")
     meta = read_json(paths.meta, "prepared data meta")
     return {
@@ -157,39 +265,66 @@ def build_manifest(params: Params, paths: Paths, report: dict[str, Any], row: di
                     "target": report["target"]},
         "gate": {"verdict": row["verdict"], "gates": row["gates"], "thresholds": report["thresholds"],
                  "rule": report["rule"], "selected": report["selected"], "report_digest": report["digest"]},
-        "lineage": {"git": git_state(paths.root), "data": {"content_hash": meta.get("content_hash"),
-                                                           "source": meta.get("source"), "counts": meta.get("counts")},
-                    "gate_inputs": report["inputs"], "params": params.dump()},
+        "lineage": {"git": git_state(paths.root), "stage_commits": lineage["stage_commits"],
+                    "experiment": in_experiment(),
+                    "data": {"content_hash": meta.get("content_hash"), "source": meta.get("source"),
+                             "counts": meta.get("counts")},
+                    "gate_inputs": report["inputs"], "params": lineage["params"]},
     }
 
 
 def promote_from_gate(params: Params, paths: Paths, *, channel: str | None = None, candidate: str | None = None,
-                      version: str | None = None, via: str = "edgeopt promote") -> dict[str, Any]:
-    """Release the gate's pick (or a named passing candidate) and point `channel` at it."""
+                      version: str | None = None, allow_regression: bool | None = None,
+                      via: str = "edgeopt promote") -> dict[str, Any]:
+    """Release the gate's pick (or a named passing candidate) and point `channel` at it, unless the artifacts were
+    built with other params/data than now (exit 4) or the release would regress the channel (exit 5)."""
+    from edgeopt.gitinfo import create_tag, tag_versions
+    from edgeopt.stage import ParamsView
+
+    full = params.unrestricted() if isinstance(params, ParamsView) else params
     report = load_gate_report(paths)
     row = gate_row(report, candidate)
     files, expected = release_files(row, report["sha256"].get(row["name"], {}), paths)
-    check_rederived(report, params, paths)
+    check_rederived(report, paths)
+    lineage = recorded_lineage(full, paths)
     primary = next((n for n, src in files.items() if src == paths.exported / row["primary"]), None)
     if primary is None:
         raise StaleInputsError(f"{paths.candidates}: primary file {row['primary']!r} of {row['name']} is not among "
                                f"its files; rerun `edgeopt export`")
-    manifest = build_manifest(params, paths, report, row, primary)
-    cfg = params.registry
+    manifest = build_manifest(paths, report, row, primary, lineage)
+    cfg = full.registry
+    channel = channel or cfg.channel
+    allow = cfg.allow_regression if allow_regression is None else allow_regression
     registry = Registry(paths.registry(cfg.root))
+    experiment = in_experiment()
+    tagging = cfg.tag and experiment is None and git_state(paths.root)["commit"] is not None
     by = actor(via)
-    with registry.locked():  # re-entrant: release and channel move as one step, so racing promotions of other
-        # candidates leave the channel history in release order (the channel ends at the release made last)
+    with registry.locked():  # re-entrant: check, release and channel move as one step, so racing promotions
+        # leave the channel history in release order (the channel ends at the release made last)
+        policy = check_regression(registry, cfg.model_name, channel, row, expected, paths, cfg.max_regression, allow)
+        tags = tag_versions(paths.root, cfg.model_name) if tagging else {}
         res = registry.publish(cfg.model_name, files, manifest, version=version, bump=cfg.bump, by=by,
-                               expected_sha256=expected)
-        moved = registry.point(cfg.model_name, channel or cfg.channel, res["version"], by=by)
-    tag, tag_note = None, "tagging off (registry.tag: false)"
-    if cfg.tag and res["created"]:
-        tag, tag_note = git_tag(paths.root, cfg.model_name, res["version"],
-                                f"edgeopt release {cfg.model_name} {res['version']} ({row['name']})")
-    elif cfg.tag:
+                               expected_sha256=expected, taken=set(tags))
+        moved = registry.point(cfg.model_name, channel, res["version"], by=by)
+    tag = None
+    if not cfg.tag:
+        tag_note = "tagging off (registry.tag: false)"
+    elif experiment is not None:
+        tag_note = (f"not tagged: experiment {experiment['name']} (tag the commit you keep: "
+                    f"`git tag -a {cfg.model_name}@v{res['version']}`)")
+    elif not tagging:
+        tag_note = "not tagged: not a git repository with a commit"
+    elif not res["created"]:
         tag_note = "no new release, no new tag"
-    for line in filter(None, [res["note"], tag_note]):
+    else:
+        tag = f"{cfg.model_name}@v{res['version']}"
+        error = create_tag(paths.root, tag, f"edgeopt release {cfg.model_name} {res['version']} ({row['name']}), "
+                                            f"manifest sha256 {res['manifest_sha256']}")
+        if error:
+            raise RegistryError(f"{cfg.model_name}@{res['version']} was released and {channel!r} points at it, but "
+                                f"git tag {tag} failed: {error}; tag it by hand (`git tag -a {tag}`)")
+        tag_note = f"tagged {tag} (push it with `git push origin {tag}`)"
+    for line in filter(None, [res["note"], tag_note, (policy or {}).get("note")]):
         log.info("promote: %s", line)
     log.info("promote: %s@%s %s; channel %s -> %s", cfg.model_name, res["version"],
              "created" if res["created"] else "unchanged", moved["channel"], moved["version"])
@@ -198,12 +333,24 @@ def promote_from_gate(params: Params, paths: Paths, *, channel: str | None = Non
     except ValueError:
         where = str(res["path"])
     return {"model": cfg.model_name, "version": res["version"], "created": res["created"],
-            "candidate": row["name"], "release": f"{cfg.model_name}@{res['version']}", "path": where,
-            "manifest_sha256": res["manifest_sha256"], "channel": moved["channel"],
-            "channel_changed": moved["changed"], "previous": moved["previous"], "tag": tag, "note": tag_note}
+            "candidate": row["name"], "accuracy": row["accuracy"], "release": f"{cfg.model_name}@{res['version']}",
+            "path": where, "manifest_sha256": res["manifest_sha256"], "channel": moved["channel"],
+            "channel_changed": moved["changed"], "previous": moved["previous"], "tag": tag, "note": tag_note,
+            "policy": policy}
 
 
 @stage("promote")
 def run(params: Params, paths: Paths, channel: str | None = None, candidate: str | None = None,
-        version: str | None = None) -> dict[str, Any]:
-    return promote_from_gate(params, paths, channel=channel, candidate=candidate, version=version)
+        version: str | None = None, allow_regression: bool | None = None) -> dict[str, Any]:
+    """Release the gate's pick into the registry (registry.*): exit 4 when the artifacts were not built with the
+    params/data of now, 5 when the release would regress its channel."""
+    return promote_from_gate(params, paths, channel=channel, candidate=candidate, version=version,
+                             allow_regression=allow_regression)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -242,3 +242,11 @@ def run(params: Params, paths: Paths) -> dict:
             "channels_before": sum(r["out"] for r in rows_before.values()),
             "channels_after": sum(r["out"] for r in rows_after.values()),
             "before": before, "after": after}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -492,3 +492,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "ok": len(ok), "failed": len(candidates) - len(ok), "kept_fp32": keep,
             "calibration_samples": int(len(data.calib)), "val_samples": int(len(data.val_y))}
 
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

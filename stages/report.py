@@ -264,3 +264,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "pareto_latency": fronts["latency"], "pareto_size": fronts["size"],
             "outputs": ["reports/report.md", "reports/report.html", "reports/pareto_latency.png",
                         "reports/pareto_size.png", "reports/model_card.md"]}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

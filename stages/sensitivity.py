@@ -236,3 +236,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     return {"enabled": True, "source": source, "layers": len(rows), "samples": int(len(val)),
             **summary, "max_drop": top["drop"], "most_sensitive": top["layer"],
             "layers_with_drop": sum(r["drop"] > 0 for r in rows)}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

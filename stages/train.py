@@ -36,3 +36,11 @@ def run(params: Params, paths: Paths) -> dict:
             "stopped_early": result.stopped_early, "train_images_per_s": round(result.images_per_s, 1),
             "precision": result.precision,
             **model_stats(model, input_shape, path), "history": result.history}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

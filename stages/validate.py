@@ -137,3 +137,11 @@ def run(params: Params, paths: Paths) -> dict:
                                + f"\nSee {paths.report('validation.md')} and {paths.metrics('validate')}.")
     print(f"validate: all {len(results)} expectations met on {len(df)} images")
     return report
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgeopt.stage import stage_main
+
+    sys.exit(stage_main(run))

@@ -92,6 +92,25 @@ def write_measurements(root: Path, accuracy: dict | None = None, latency: dict |
         return
     write_json(root / "metrics" / "evaluate.json", {"split": "test", "images": 360, "candidates": ev})
     write_json(root / "metrics" / "bench.json", bench_doc)
+    write_stage_records(root)
+
+
+def write_stage_records(root: Path) -> None:
+    """`ran_with` in metrics/<stage>.json of every stage upstream of the gate, as the stages record it: the
+    params of the project's params.yaml and its data, which promote compares with now."""
+    from edgeopt.params import load_params
+    from edgeopt.pipeline import closure, load_pipeline
+    from edgeopt.stage import ParamsView
+
+    params = load_params(root / "params.yaml")
+    specs = load_pipeline(root)
+    data_hash = read_json(root / "data" / "prepared" / "meta.json").get("content_hash")
+    for stage in closure(specs, ["gate"])[:-1]:
+        path = root / "metrics" / f"{stage}.json"
+        doc = read_json(path) if path.exists() else {}
+        doc["ran_with"] = {"params": ParamsView(params, specs[stage].params, stage).declared_values(),
+                           "data_hash": data_hash, "git": {"commit": None, "dirty": None}}
+        write_json(path, doc)
 
 
 def run_cli(root: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

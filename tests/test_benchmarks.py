@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import compression, datasource, markdown
 from benchmarks.__main__ import main, split_overrides
-from edgeopt.cli import PIPELINE
+from edgeopt.pipeline import stage_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     assert all(it["value"] is not None and it["met"] in (True, False) for it in t["items"])
 
     stages = doc["cost"]["realistic"]["stages"]
-    assert list(stages) == [name for name, _ in PIPELINE]
+    assert list(stages) == stage_names()
     assert all(s["status"] == "ok" and s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in stages.values())
     assert doc["cost"]["baseline_int8"]["stages"]["quantize"]["status"] == "ok"
     tp = doc["training_throughput"]

@@ -23,10 +23,20 @@ def run(cmd, cwd, timeout=900):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def fresh_clone(dst: Path) -> Path:
+def source_files() -> list[str]:
+    """The repository's files as a clone gets them (committed or new, not ignored), minus what a run of the
+    pipeline writes (dvc.lock and every dvc.yaml output, git-tracked or not): so tests see the same project
+    whether or not `make run` ran first in this checkout."""
+    from edgeopt.pipeline import load_pipeline
+
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
+    written = [o for spec in load_pipeline(REPO).values() for o in spec.outs] + ["dvc.lock"]
+    return [f for f in files if not any(f == w or f.startswith(w.rstrip("/") + "/") for w in written)]
+
+
+def fresh_clone(dst: Path) -> Path:
+    for f in source_files():
         if (REPO / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, dst / f)

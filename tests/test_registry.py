@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.release_helpers import REPO, release_project, release_template, run_cli  # noqa: F401
 
-from edgeopt.errors import RegistryError
+from edgeopt.errors import StaleInputsError, RegistryError
 from edgeopt.io import read_json, sha256_file
 from edgeopt.params import load_params
 from edgeopt.paths import Paths
@@ -79,7 +79,10 @@ def test_promote_from_gate_writes_complete_manifest_and_is_idempotent(gated):
     assert man["gate"]["thresholds"]["max_latency_ms"] == 5.0 and man["gate"]["verdict"] == "pass"
     assert man["stages"] == ["train", "prune", "finetune", "quantize"]
     assert man["lineage"]["data"]["content_hash"] == meta["content_hash"]
-    assert man["lineage"]["params"] == params_of(gated).dump() and man["lineage"]["parent"] is None
+    dumped = params_of(gated).dump()  # lineage: the params the upstream stages recorded, as dvc.lock holds them
+    assert man["lineage"]["params"]["train"] == dumped["train"] and man["lineage"]["params"]["seed"] == dumped["seed"]
+    assert man["lineage"]["params"]["prune"] == dumped["prune"] and "registry" not in man["lineage"]["params"]
+    assert man["lineage"]["parent"] is None
     assert man["lineage"]["git"]["commit"] is None
     assert reg.channel(MODEL, "staging") == "0.0.1"
     assert read_json(gated / "metrics" / "promote.json")["release"] == f"{MODEL}@0.0.1"
@@ -94,7 +97,9 @@ def test_promote_from_gate_writes_complete_manifest_and_is_idempotent(gated):
 def test_new_content_bumps_version_and_records_parent(gated):
     promote(gated)
     gate(gated, "gate.rank_by=size")  # picks the int8 ONNX model: other files
-    m = promote(gated, "registry.bump=minor")
+    with pytest.raises(StaleInputsError, match=r"gate.rank_by: built with 'size', now 'latency'"):
+        promote(gated, "registry.bump=minor")  # promote must run with the params the gate ran with
+    m = promote(gated, "gate.rank_by=size", "registry.bump=minor", "registry.allow_regression=true")
     assert (m["version"], m["created"], m["candidate"]) == ("0.1.0", True, "finetuned_ort_int8_dynamic")
     man = Registry(gated / "registry").manifest(MODEL, "0.1.0")
     assert man["lineage"]["parent"] == f"{MODEL}@0.0.1" and list(man["files"]) == ["model.onnx"]
