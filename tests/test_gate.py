@@ -182,3 +182,48 @@ def test_exit_codes_in_subprocess(release_project, tmp_path):
     missing = run_cli(release_project, "gate")
     assert missing.returncode == 4 and "metrics/evaluate.json: evaluation missing" in missing.stderr
     assert gate_json(release_project)["status"] == "stale"
+
+
+# --- the pick is on the Pareto front (issue: a dominated candidate was picked) -------------------------------
+def _row(name, acc, lat, size, baseline=False):
+    return {"name": name, "accuracy": acc, "latency_ms": lat, "size_bytes": size, "baseline": baseline}
+
+
+def test_equal_latency_goes_to_the_more_accurate_candidate():
+    from stages.gate import rank_rows
+
+    # measured: student_fp32_ort 98.06 % and student_nokd_fp32_ort 99.44 % at the same p50 0.027 ms
+    rows = [_row("student_fp32_ort", 98.06, 0.027, 76800), _row("student_nokd_fp32_ort", 99.44, 0.027, 76800)]
+    assert [r["name"] for r in rank_rows(rows, "latency", 0.05)] == ["student_nokd_fp32_ort", "student_fp32_ort"]
+    # within the noise (2 % faster) is still a tie: accuracy decides; beyond it (20 % faster) latency decides
+    rows[0]["latency_ms"] = 0.0265
+    assert rank_rows(rows, "latency", 0.05)[0]["name"] == "student_nokd_fp32_ort"
+    rows[0]["latency_ms"] = 0.020
+    assert rank_rows(rows, "latency", 0.05)[0]["name"] == "student_fp32_ort"
+
+
+@pytest.mark.parametrize("rank_by", ["latency", "size", "accuracy"])
+def test_the_pick_is_never_dominated(rank_by):
+    import random
+
+    from stages.gate import dominates, rank_rows
+
+    rng = random.Random(7)
+    for trial in range(200):
+        rows = [_row(f"c{i}", rng.choice([90.0, 91.0, 92.5, 93.0]), rng.choice([0.10, 0.102, 0.2, 0.3]),
+                     rng.choice([1000, 2000, 4000])) for i in range(rng.randint(1, 7))]
+        rows.append(_row("baseline", 99.0, 0.05, 500, baseline=True))  # best at everything, but last resort
+        ranked = rank_rows(rows, rank_by, 0.05)
+        pick = ranked[0]
+        assert not pick["baseline"]
+        assert not any(dominates(o, pick, 0.05) for o in rows if not o["baseline"]), (trial, rows, pick)
+        assert sorted(r["name"] for r in ranked) == sorted(r["name"] for r in rows)  # nothing lost
+
+
+def test_gate_report_marks_the_front_and_picks_on_it(release_project):
+    # the int8 model: as fast as fp16 within the noise, more accurate and smaller: fp16 is dominated
+    write_measurements(release_project, accuracy={"finetuned_ort_int8_dynamic": 94.9},
+                       latency={"finetuned_ort_int8_dynamic": 0.305})
+    assert gate(release_project)["selected"] == "finetuned_ort_int8_dynamic"
+    r = rows(release_project)
+    assert r["finetuned_ort_int8_dynamic"]["pareto_front"] and not r["finetuned_ov_fp16"]["pareto_front"]
