@@ -157,7 +157,7 @@ def scan_tree(root: Path, shown: str = "") -> Tree:
         elif entry.is_symlink() and not entry.exists():
             tree.problem(BROKEN_LINK, name)
         elif not entry.is_dir():
-            tree.ignore(name, "file beside the class folders (only root/<class>/ folders are read)")
+            tree.ignore(name, "not in a class folder")
         else:
             tree.classes[name] = _class_files(tree, entry, visited)
     return tree
@@ -353,18 +353,21 @@ def cap_images(labels: np.ndarray, is_test: np.ndarray, cfg: Data, seed: int) ->
 
 
 # --- splits ----------------------------------------------------------------------------------------------------
-def _stratified(idx: np.ndarray, share: float, labels: np.ndarray, seed: int, classes: list[str], what: str,
-                knob: str) -> tuple[np.ndarray, np.ndarray]:
-    """(rest, taken): `share` of idx taken stratified, refusing (instead of sklearn's ValueError) when the split
-    cannot give every class an image on both sides."""
+def _stratified(idx: np.ndarray, share: float, labels: np.ndarray, seed: int, what: str, knob: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, taken): `share` of idx taken stratified, refusing (instead of sklearn's ValueError) when either side
+    would have fewer images than there are classes."""
     from sklearn.model_selection import train_test_split
 
     n_classes = len(np.unique(labels[idx]))
     n_taken = math.ceil(share * len(idx))
-    if n_taken < n_classes or len(idx) - n_taken < n_classes:
-        raise DataError(f"too few images to split: {knob} gives {n_taken} {what} image(s) and leaves "
-                        f"{len(idx) - n_taken} of {len(idx)} for the rest, but each of the {n_classes} classes needs "
-                        f"at least one image on both sides; add images or adjust {knob}")
+    if n_taken < n_classes:
+        raise DataError(f"too few images to split: {knob} puts {n_taken} of {len(idx)} images into {what}, fewer "
+                        f"than the {n_classes} classes (every class needs an image in train, val and test); add "
+                        f"images or raise {knob.split()[0]}")
+    if len(idx) - n_taken < n_classes:
+        raise DataError(f"too few images to split: {knob} leaves {len(idx) - n_taken} of {len(idx)} images beside "
+                        f"{what}, fewer than the {n_classes} classes; add images or lower {knob.split()[0]}")
     rest, taken = train_test_split(idx, test_size=share, stratify=labels[idx], random_state=seed)
     return rest, taken
 
@@ -381,11 +384,12 @@ def make_splits(labels: np.ndarray, is_test: np.ndarray, cfg: Data, seed: int, c
                         f"{', '.join(small)}; add images or remove the class")
     if is_test.any():
         test = np.flatnonzero(is_test)
-        train, val = _stratified(pool, cfg.val_fraction, labels, seed, classes, "val", "data.val_fraction")
+        train, val = _stratified(pool, cfg.val_fraction, labels, seed, "val", f"data.val_fraction {cfg.val_fraction:g}")
     else:
-        trval, test = _stratified(pool, cfg.test_fraction, labels, seed, classes, "test", "data.test_fraction")
+        trval, test = _stratified(pool, cfg.test_fraction, labels, seed, "test",
+                                  f"data.test_fraction {cfg.test_fraction:g}")
         val_share = cfg.val_fraction / (1 - cfg.test_fraction)
-        train, val = _stratified(trval, val_share, labels, seed, classes, "val", "data.val_fraction")
+        train, val = _stratified(trval, val_share, labels, seed, "val", f"data.val_fraction {cfg.val_fraction:g}")
     splits = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
     per_split = {s: np.bincount(labels[ix], minlength=len(classes)) for s, ix in splits.items()}
     empty = [f"{s} has no image of class {classes[c]} ({', '.join(f'{t} {per_split[t][c]}' for t in SPLITS)})"
