@@ -86,7 +86,8 @@ def digits_source(cfg: Data) -> Source:
     raw = (d.images / 16.0 * 255.0).round().astype(np.uint8)
     names = [f"digits/{i}" for i in range(len(raw))]
     return Source([str(i) for i in range(10)],
-                  [Part("pool", f"scikit-learn digits ({len(raw)} images)", _array_items(raw, d.target, names, cfg, "L"))],
+                  [Part("pool", f"scikit-learn digits ({len(raw)} images)",
+                        _array_items(raw, d.target, names, cfg, "L"))],
                   "digits")
 
 
@@ -112,7 +113,8 @@ def cifar10_source(cfg: Data, project_root: Path) -> Source:
                                                [f"cifar10/{split}/{i}" for i in range(len(data.data))], cfg))
     train = part("train", "pool", f"CIFAR-10 training batches data_batch_1..5 ({len(parts['train'].data)} images)")
     test_origin = f"CIFAR-10 official test batch test_batch ({len(parts['test'].data)} images)"
-    chosen = [part("test", "test", test_origin), train] if cfg.official_test else [train, part("test", "pool", test_origin)]
+    chosen = ([part("test", "test", test_origin), train] if cfg.official_test
+              else [train, part("test", "pool", test_origin)])
     return Source(list(parts["train"].classes), chosen, str(expected))
 
 
@@ -233,10 +235,12 @@ def _tree_items(tree: Tree, classes: list[str], cfg: Data):
 def imagefolder_source(cfg: Data, project_root: Path) -> Source:
     root = _resolve(cfg.root, project_root)
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist; set data.root to a folder laid out as root/<class>/<image>")
+        raise DataError(f"image folder {root} does not exist; set data.root to a folder laid out as "
+                        "root/<class>/<image>")
     tree = scan_tree(root)
     if not tree.classes and not tree.problems:
-        stray = f" (only {len(tree.ignored)} file(s) beside them, e.g. {tree.ignored[0]['path']})" if tree.ignored else ""
+        stray = (f" (only {len(tree.ignored)} ignored entr{'y' if len(tree.ignored) == 1 else 'ies'}, e.g. "
+                 f"{tree.ignored[0]['path']}: {tree.ignored[0]['reason']})" if tree.ignored else "")
         raise DataError(f"{root}: no class folders found{stray}; expected root/<class>/<image>.png|jpg")
     classes = sorted(tree.classes)
     problems = {**class_name_problems(classes)}
@@ -372,7 +376,8 @@ def _stratified(idx: np.ndarray, share: float, labels: np.ndarray, seed: int, wh
     return rest, taken
 
 
-def make_splits(labels: np.ndarray, is_test: np.ndarray, cfg: Data, seed: int, classes: list[str]) -> dict[str, np.ndarray]:
+def make_splits(labels: np.ndarray, is_test: np.ndarray, cfg: Data, seed: int, classes: list[str]
+                ) -> dict[str, np.ndarray]:
     """Stratified, seeded train/val/test. With a separate test set (is_test), train and val share the rest."""
     pool = np.flatnonzero(~is_test)
     counts = np.bincount(labels[pool], minlength=len(classes))
@@ -450,6 +455,20 @@ def write_splits(tmp: Path, store: DecodedStore, splits: dict[str, np.ndarray], 
     return content.hexdigest(), histogram
 
 
+def fill_store(source: Source, store: DecodedStore) -> DecodedStore:
+    """Decode every image of the source once into the store; all problems found are raised together."""
+    for part in source.parts:
+        for name, label, image in part.items():
+            if isinstance(image, ImageError):
+                source.problems.setdefault(image.kind, []).append(
+                    f"{image.path} ({image.detail})" if image.detail else image.path)
+            else:
+                store.add(image, label, name, part)
+    store.close()
+    raise_problems(source.where, source.problems)
+    return store
+
+
 @contextlib.contextmanager
 def _no_trace(folder: Path) -> Iterator[None]:
     """On failure, remove `folder` again if this run created it and left it empty (a refused run writes nothing)."""
@@ -470,17 +489,7 @@ def run(params: Params, paths: Paths) -> dict:
     classes = source.classes
     shape = (cfg.image_size, cfg.image_size, cfg.channels)
     with _no_trace(paths.prepared.parent), atomic_dir(paths.prepared) as tmp:
-        store = DecodedStore(tmp / STORE, shape)
-        problems = source.problems
-        for part in source.parts:
-            for name, label, image in part.items():
-                if isinstance(image, ImageError):
-                    problems.setdefault(image.kind, []).append(
-                        f"{image.path} ({image.detail})" if image.detail else image.path)
-                else:
-                    store.add(image, label, name, part)
-        store.close()
-        raise_problems(source.where, problems)
+        store = fill_store(source, DecodedStore(tmp / STORE, shape))
         labels = np.asarray(store.labels, np.int64)
         is_test = np.asarray([p.kind == "test" for p in store.parts], bool)
         if len(classes) < 2 or len(np.unique(labels)) < 2:
@@ -516,8 +525,9 @@ def run(params: Params, paths: Paths) -> dict:
         print(f"prepare: test split = {meta['split_sources']['test']['from']}")
     if source.ignored:
         shown = ", ".join(f"{i['path']} ({i['reason']})" for i in source.ignored[:5])
-        print(f"prepare: ignored {len(source.ignored)} hidden or stray entr{'y' if len(source.ignored) == 1 else 'ies'}: "
-              f"{shown}{', ...' if len(source.ignored) > 5 else ''} (all listed in meta.json \"ignored\")")
+        n_ignored = len(source.ignored)
+        print(f"prepare: ignored {n_ignored} hidden or stray entr{'y' if n_ignored == 1 else 'ies'}: {shown}"
+              f"{', ...' if n_ignored > 5 else ''} (all listed in meta.json \"ignored\")")
     return {"source": cfg.source, "images": int(len(keep)), "classes": len(classes),
             **{f"{s}_images": n for s, n in sizes.items()}, "duplicates_removed": store.duplicates,
             "ignored": len(source.ignored), "image_shape": list(shape), "content_hash": content_hash}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.test_flows import FAST, SWEEP_FAST, prefect_home, task_states  # noqa: F401  (prefect_home: a fixture)
+from tests.test_flows import FAST, SWEEP_FAST, prefect_home  # noqa: F401  (prefect_home: a fixture)
 
 DASK = Path(sys.executable).with_name("dask")
 
@@ -45,7 +45,8 @@ class LoopbackCluster:
         """allowed_failures: the scheduler's distributed.scheduler.allowed-failures (None: Dask's default, 3)."""
         from distributed import Client
 
-        env = {} if allowed_failures is None else {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+        env = ({} if allowed_failures is None else
+               {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)})
         self._spawn("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                   "--scheduler-file", str(self.scheduler_file)], env)
         deadline = time.monotonic() + timeout
@@ -176,6 +177,7 @@ def test_sweep_on_a_real_cluster_survives_a_killed_worker(prefect_home, loopback
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the reason logic: test_a_stage_dask_gave_up_on_is_the_configurations_reason, in CI
 def test_sweep_names_the_stage_dask_gave_up_on(prefect_home, loopback_cluster, _tiny_project_template, tmp_path):
     """With allowed-failures 0 the first worker death is final for its task (KilledWorker): the sweep still
     completes, records every configuration once, and the lost one says which stage Dask gave up on."""

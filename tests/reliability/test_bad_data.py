@@ -162,7 +162,8 @@ CASES = {
     "bomb": (("cat", "dog"), (), r"too large \(decompression bomb guard\) \(1\): dog/bomb\.png \(Image size "
              r"\(900000000 pixels\) exceeds limit"),
     "one_class": (("cat",), (), r"data source 'imagefolder' has only one class \(cat\)"),
-    "files_only": (("cat", "dog"), (), r"no class folders found"),
+    "files_only": (("cat", "dog"), (), r"no class folders found \(only 24 ignored entries, e\.g\. cat_0\.png: not in "
+                   r"a class folder\)"),
     "too_few_in_class": (("cat", "dog"), (), r"classes with fewer than 3 images cannot be split into "
                          r"train/val/test: rare \(2\)"),
     "same_image_two_labels": (("cat", "dog"), (), r"1 identical image\(s\) carry different labels: dog/dup\.png "
@@ -199,7 +200,8 @@ CASES = {
                                 r"written:\n  - class folder missing from data\.test_root \(1\): dog/\n"),
     "test_root_extra_class": (("cat", "dog"), ("data.test_root={test}",),
                               r"class folder only in data\.test_root \(not in data\.root\) \(1\): owl/"),
-    "test_root_empty_class": (("cat", "dog"), ("data.test_root={test}",), r"empty class folder \(1\): .*/bad_test/dog/"),
+    "test_root_empty_class": (("cat", "dog"), ("data.test_root={test}",),
+                              r"empty class folder \(1\): .*/bad_test/dog/"),
     "test_root_corrupt": (("cat", "dog"), ("data.test_root={test}",),
                           r"corrupt or truncated image \(1\): .*/bad_test/dog/bad\.png"),
 }
