@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -38,6 +38,44 @@ def open_split(prepared: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     if len(images) != len(labels):
         raise DataError(f"{d}: {len(images)} images but {len(labels)} labels; rerun `edgeopt prepare`")
     return images, labels
+
+
+class NpyWriter:
+    """Write a .npy array of known shape row block by row block, never holding it in memory.
+
+    The file is byte-identical to `np.save` of the whole array (same version 1.0 header), so stages that open it
+    with `mmap_mode="r"` and hashes of it see no difference.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype: str | np.dtype = np.uint8):
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.written = 0
+        self._fh: BinaryIO = open(self.path, "wb")
+        np.lib.format.write_array_header_1_0(self._fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                        "fortran_order": False, "shape": self.shape})
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.written + len(rows) > self.shape[0]:
+            raise ValueError(f"{self.path}: rows {rows.shape} do not fit an array of shape {self.shape} "
+                             f"({self.written} rows written)")
+        self._fh.write(rows.tobytes())
+        self.written += len(rows)
+
+    def close(self) -> None:
+        """Close; an incomplete array is an error (a reader would find a truncated file)."""
+        self._fh.close()
+        if self.written != self.shape[0]:
+            raise ValueError(f"{self.path}: {self.written} of {self.shape[0]} rows written")
+
+    def __enter__(self) -> "NpyWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._fh.close()
 
 
 def normalize(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:

@@ -97,7 +97,20 @@ def run_configs(configs: list[dict[str, Any]], params_file: str, overrides: list
     for cfg in configs:
         params = project_params(params_file, overrides + cfg["overrides"], root)
         futures[cfg["id"]] = submit_stages(stages, params, cfg["workdir"], label=cfg["id"])
-    return {cid: stopped_because(final_states(f)) for cid, f in futures.items()}
+    return {cid: stopped_because(final_states(f)) or lost_on_cluster(f) for cid, f in futures.items()}
+
+
+def lost_on_cluster(futures: dict[str, Any]) -> str | None:
+    """Why a configuration stopped when Dask itself gave up on a stage: a worker lost mid-task is replaced by
+    rescheduling the task elsewhere, but a task that took down `distributed.scheduler.allowed-failures` workers
+    (default 3, e.g. each ran out of memory) ends in KilledWorker. Prefect then still shows the dead worker's last
+    state (Running), so without this the configuration would fail without a reason."""
+    for stage, future in futures.items():
+        dask_future = getattr(future, "wrapped_future", None)
+        if getattr(dask_future, "status", None) == "error":
+            exc = dask_future.exception()  # args[0]: KilledWorker's task key (its str() needs scheduler objects)
+            return f"{stage}: lost on the Dask cluster ({type(exc).__name__}: {exc.args[0] if exc.args else ''})"
+    return None
 
 
 def config_result(cfg: dict[str, Any], stopped: str | None) -> tuple[dict, list[dict], dict | None]:

@@ -3,7 +3,10 @@ count at fault, and leave the previous data/prepared untouched; broken prepared 
 Expectations) with the failing expectation and row count, or a DataError naming the file."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import struct
 import subprocess
 import sys
@@ -33,6 +36,20 @@ def make_folder(root: Path, classes=("cat", "dog"), n: int = 12, size: int = 20)
 def folder_params(root: Path, *extra: str):
     return load_params(REPO / "params.yaml", ["data.source=imagefolder", f"data.root={root}", "data.channels=3",
                                               "data.image_size=16", *extra])
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int):
+    """Fail (instead of hanging the suite) if the block blocks, e.g. on opening a FIFO."""
+    def alarm(*_):
+        raise TimeoutError(f"blocked for {seconds} s")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
@@ -73,6 +90,52 @@ def _break(bad: Path, kind: str) -> None:
             Image.new("RGB", (20, 20), (i * 100, 7, 7)).save(bad / "rare" / f"{i}.png")
     elif kind == "same_image_two_labels":
         (bad / "dog" / "dup.png").write_bytes((bad / "cat" / "0.png").read_bytes())
+    elif kind == "class_without_test_image":  # 3 images pass the count check, but stratification gives 0 to test
+        (bad / "rare").mkdir()
+        for i in range(3):
+            Image.new("RGB", (20, 20), (i * 100, 7, 7)).save(bad / "rare" / f"{i}.png")
+    elif kind == "tiny_many_classes":  # 5 classes x 3 images: 20 % for test is 3 images for 5 classes
+        for c in ("cat", "dog"):
+            for f in sorted((bad / c).iterdir())[3:]:
+                f.unlink()
+        for j, c in enumerate(("ant", "bee", "owl")):
+            (bad / c).mkdir()
+            for i in range(3):
+                Image.new("RGB", (20, 20), (j * 80, i * 100, 7)).save(bad / c / f"{i}.png")
+    elif kind == "long_class_name":
+        (bad / "cat").rename(bad / ("x" * 150))
+    elif kind == "newline_class_name":
+        (bad / "cat").rename(bad / "cat\nEvil")
+    elif kind == "bidi_class_name":  # a right-to-left override: the name reads differently than it sorts
+        (bad / "cat").rename(bad / "cat\u202egnp.exe")
+    elif kind == "case_clash":
+        (bad / "Dog").mkdir()
+        Image.new("RGB", (20, 20), (1, 2, 3)).save(bad / "Dog" / "x.png")
+    elif kind == "unicode_clash":  # NFC and NFD spellings of "café": two folders, one name on screen (and on macOS)
+        for c, name in (("cat", "caf\u00e9"), ("dog", "cafe\u0301")):
+            (bad / c).rename(bad / name)
+    elif kind == "symlink_loop":
+        (bad / "cat" / "again").symlink_to(bad / "cat", target_is_directory=True)
+    elif kind == "broken_symlink":
+        (bad / "dog" / "gone.png").symlink_to(bad / "nowhere.png")
+    elif kind == "broken_class_link":
+        (bad / "bird").symlink_to(bad / "no_such_folder")
+    elif kind == "fifo":
+        os.mkfifo(bad / "dog" / "pipe.png")
+    elif kind == "fifo_no_suffix":
+        os.mkfifo(bad / "dog" / "pipe")
+    elif kind == "only_hidden_files_in_class":
+        (bad / "bird").mkdir()
+        (bad / "bird" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    elif kind.startswith("test_root"):
+        test = bad.parent / "bad_test"
+        make_folder(test, classes=("cat", "dog", "owl") if kind == "test_root_extra_class" else
+                    ("cat",) if kind == "test_root_missing_class" else ("cat", "dog"), n=3)
+        if kind == "test_root_empty_class":
+            for f in (test / "dog").iterdir():
+                f.unlink()
+        if kind == "test_root_corrupt":
+            (test / "dog" / "bad.png").write_bytes(b"nope")
     elif kind == "files_only":
         for c in ("cat", "dog"):
             for f in (bad / c).iterdir():
@@ -99,11 +162,48 @@ CASES = {
     "bomb": (("cat", "dog"), (), r"too large \(decompression bomb guard\) \(1\): dog/bomb\.png \(Image size "
              r"\(900000000 pixels\) exceeds limit"),
     "one_class": (("cat",), (), r"data source 'imagefolder' has only one class \(cat\)"),
-    "files_only": (("cat", "dog"), (), r"no class folders found"),
+    "files_only": (("cat", "dog"), (), r"no class folders found \(only 24 ignored entries, e\.g\. cat_0\.png: not in "
+                   r"a class folder\)"),
     "too_few_in_class": (("cat", "dog"), (), r"classes with fewer than 3 images cannot be split into "
                          r"train/val/test: rare \(2\)"),
     "same_image_two_labels": (("cat", "dog"), (), r"1 identical image\(s\) carry different labels: dog/dup\.png "
                               r"duplicates cat/0\.png with another label"),
+    # issue 13 class 6: data edge cases
+    "class_without_test_image": (("cat", "dog"), (), r"the data set is too small to split: test has no image of "
+                                 r"class rare \(train 2, val 1, test 0\); every class needs images in train, val and "
+                                 r"test: add images to these classes or adjust data\.val_fraction"),
+    "tiny_many_classes": (("cat", "dog"), (), r"too few images to split: data\.test_fraction 0\.2 puts 3 of 15 images "
+                          r"into test, fewer than the 5 classes \(every class needs an image in train, val and test\); "
+                          r"add images or raise data\.test_fraction"),
+    "val_fraction_too_small": (("cat", "dog", "owl"), ("data.val_fraction=0.05",),
+                               r"too few images to split: data\.val_fraction 0\.05 puts 2 of 28 images into val, "
+                               r"fewer than the 3 classes"),
+    "long_class_name": (("cat", "dog"), (), r"class folder name too long \(over 100 characters or 200 bytes\) "
+                        r"\(1\): x{40}\.\.\. \(150 characters\)\n"),
+    "newline_class_name": (("cat", "dog"), (), r"class folder name with control or invisible format characters "
+                           r"\(1\): 'cat\\nEvil'"),
+    "bidi_class_name": (("cat", "dog"), (), r"class folder name with control or invisible format characters "
+                        r"\(1\): 'cat\\u202egnp\.exe'"),
+    "case_clash": (("cat", "dog"), (), r"class folder names that differ only in case or Unicode normalisation "
+                   r"\(1\): 'Dog' and 'dog'"),
+    "unicode_clash": (("cat", "dog"), (), r"class folder names that differ only in case or Unicode normalisation "
+                      r"\(1\): 'cafe\\u0301' and 'caf\\xe9'"),
+    "symlink_loop": (("cat", "dog"), (), r"folder reached twice through symlinks \(a loop or a second link\) \(1\): "
+                     r"cat/again/"),
+    "broken_symlink": (("cat", "dog"), (), r"broken symlink \(1\): dog/gone\.png"),
+    "broken_class_link": (("cat", "dog"), (), r"broken symlink \(1\): bird\n"),
+    "fifo": (("cat", "dog"), (), r"not a regular file \(1\): dog/pipe\.png"),
+    "fifo_no_suffix": (("cat", "dog"), (), r"not an image file \(1\): dog/pipe\n"),
+    "only_hidden_files_in_class": (("cat", "dog"), (), r"empty class folder \(1\): bird/"),
+    "test_root_missing_class": (("cat", "dog"), ("data.test_root={test}",),
+                                r"\(test: .*/bad_test\): 1 problem\(s\) in the image folder; nothing was "
+                                r"written:\n  - class folder missing from data\.test_root \(1\): dog/\n"),
+    "test_root_extra_class": (("cat", "dog"), ("data.test_root={test}",),
+                              r"class folder only in data\.test_root \(not in data\.root\) \(1\): owl/"),
+    "test_root_empty_class": (("cat", "dog"), ("data.test_root={test}",),
+                              r"empty class folder \(1\): .*/bad_test/dog/"),
+    "test_root_corrupt": (("cat", "dog"), ("data.test_root={test}",),
+                          r"corrupt or truncated image \(1\): .*/bad_test/dog/bad\.png"),
 }
 
 
@@ -118,7 +218,8 @@ def test_bad_image_folder_is_refused_and_previous_output_kept(tmp_path, kind):
     classes, extra, expected = CASES[kind]
     bad = make_folder(tmp_path / "bad", classes=classes)
     _break(bad, kind)
-    with pytest.raises(DataError, match=expected):
+    extra = [e.format(test=tmp_path / "bad_test") for e in extra]
+    with no_hang(60), pytest.raises(DataError, match=expected):
         prepare.run(folder_params(bad, *extra), paths)
     assert sha256_tree(paths.prepared) == before  # nothing half written, the old output intact
     assert sorted(p.name for p in paths.prepared.parent.iterdir()) == ["prepared"]  # no temp dirs left
@@ -148,6 +249,53 @@ def test_other_8bit_modes_are_converted_by_the_input_contract(tmp_path):
                     np.testing.assert_array_equal(images[i], np.asarray(im.convert("RGB")))
                 found += 1
     assert found == len(odd)
+
+
+def test_hidden_and_stray_entries_are_ignored_but_listed(tmp_path):
+    """Hidden folders/files (.cache/, .DS_Store, cat/.thumbs/) and files beside the class folders are not classes
+    or images, and are not dropped silently either: the CLI names them and meta.json lists every one."""
+    root = make_folder(tmp_path / "imgs")
+    (root / ".cache").mkdir()
+    Image.new("RGB", (20, 20)).save(root / ".cache" / "x.png")  # would be a third class if it were read
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "labels.csv").write_text("file,label\n")
+    (root / "cat" / ".DS_Store").write_bytes(b"\0")
+    (root / "cat" / ".thumbs").mkdir()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(root / "cat" / ".thumbs" / "t.png")
+    proc = subprocess.run([sys.executable, "-m", "edgeopt.cli", "prepare", "--root", str(tmp_path / "proj"),
+                           "--params", str(REPO / "params.yaml"), "--set", "data.source=imagefolder",
+                           "--set", f"data.root={root}", "--set", "data.channels=3"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert ("prepare: ignored 5 hidden or stray entries: .DS_Store (hidden file), .cache/ (hidden folder), "
+            "cat/.thumbs/ (hidden folder), cat/.DS_Store (hidden file), labels.csv (not in a class folder) "
+            "(all listed in meta.json \"ignored\")") in proc.stdout
+    meta = load_meta(tmp_path / "proj" / "data" / "prepared")
+    assert meta["classes"] == ["cat", "dog"] and sum(meta["counts"]["train"].values()) + sum(
+        meta["counts"]["val"].values()) + sum(meta["counts"]["test"].values()) == 24
+    assert [i["path"] for i in meta["ignored"]] == [".DS_Store", ".cache/", "cat/.thumbs/", "cat/.DS_Store",
+                                                   "labels.csv"]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["ignored"] == 5
+
+
+def test_symlinked_class_folders_and_files_outside_the_root_are_followed(tmp_path):
+    """Decision: symlinks are followed wherever they point (DVC's symlink cache type and shared data mounts are
+    made of them; prepare only reads). Broken links and loops are refused (CASES above)."""
+    from stages import prepare
+
+    root = make_folder(tmp_path / "imgs")
+    outside = tmp_path / "elsewhere"
+    (outside / "bird").mkdir(parents=True)
+    for i in range(12):
+        Image.new("RGB", (20, 20), (i * 20, 1, 1)).save(outside / "bird" / f"{i}.png")
+    Image.new("RGB", (20, 20), (1, 250, 1)).save(outside / "one_more.png")
+    (root / "bird").symlink_to(outside / "bird", target_is_directory=True)
+    (root / "cat" / "linked.png").symlink_to(outside / "one_more.png")
+    paths = Paths(tmp_path / "proj")
+    m = prepare.run(folder_params(root), paths)
+    meta = load_meta(paths.prepared)
+    assert meta["classes"] == ["bird", "cat", "dog"] and m["images"] == 37
+    assert "cat/linked.png" in sum(meta["files"].values(), [])
 
 
 def test_bad_folder_through_the_cli(tmp_path):
