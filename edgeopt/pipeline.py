@@ -52,6 +52,21 @@ def _names(entries: Any, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _defaults() -> dict[str, Any]:
+    """params.yaml keys a file may leave out take their validated defaults (as the stages see them)."""
+    try:
+        from edgeopt.params import Params
+    except ImportError:  # a device install without pydantic: only the file's own values
+        return {}
+    return Params().model_dump(by_alias=True)
+
+
+def _merged(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
 def _lookup(tree: Any, key: str, where: str) -> Any:
     node = tree
     for part in key.split("."):
@@ -69,7 +84,7 @@ def _render(value: str, variables: dict[str, Any], where: str) -> str:
 def _load(path: Path, mtime_ns: int, params_path: Path | None, params_mtime_ns: int) -> dict[str, StageSpec]:
     try:
         doc = yaml.safe_load(path.read_text()) or {}
-        variables = (yaml.safe_load(params_path.read_text()) or {}) if params_path else {}
+        variables = _merged(_defaults(), (yaml.safe_load(params_path.read_text()) or {}) if params_path else {})
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix it or restore it from git") \
             from None

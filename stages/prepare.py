@@ -248,13 +248,16 @@ def imagefolder_source(cfg: Data, project_root: Path) -> Source:
         problems.setdefault(kind, []).extend(items)
     pool = Part("pool", f"image folder {root} ({sum(map(len, tree.classes.values()))} files)",
                 _tree_items(tree, classes, cfg))
-    if not cfg.test_root:
-        return Source(classes, [pool], str(root), problems, tree.ignored)
     test_root = _resolve(cfg.test_root, project_root)
+    if not test_root.exists() and cfg.test_root == Data.model_fields["test_root"].default:
+        return Source(classes, [pool], str(root), problems, tree.ignored)  # the placeholder, outside a clone
     if not test_root.is_dir():
         raise DataError(f"data.test_root {test_root} does not exist; set it to a folder with the same class folders "
-                        "as data.root (root/<class>/<image>), or to null to carve the test split from data.root")
+                        "as data.root (root/<class>/<image>), or to an empty folder (the shipped data/raw/test-images) "
+                        "to carve the test split from data.root")
     test = scan_tree(test_root, shown=str(test_root))
+    if not test.classes and not test.problems:  # no class folder (the shipped placeholder): carve from root
+        return Source(classes, [pool], str(root), problems, tree.ignored)
     missing, extra = sorted(set(classes) - set(test.classes)), sorted(set(test.classes) - set(classes))
     if missing:
         problems[MISSING_IN_TEST] = [f"{c}/" for c in missing]
@@ -507,7 +510,7 @@ def run(params: Params, paths: Paths) -> dict:
         (tmp / STORE).unlink()
         meta = {
             "source": cfg.source, "root": cfg.root if cfg.source != "digits" else None,
-            "test_root": cfg.test_root if cfg.source == "imagefolder" else None,
+            "test_root": cfg.test_root if cfg.source == "imagefolder" and bool(is_test.any()) else None,
             "classes": classes, "num_classes": len(classes), "image_size": cfg.image_size,
             "channels": cfg.channels, "layout": "NCHW", "dtype": "float32",
             "color_order": "RGB" if cfg.channels == 3 else "L", "resize": "bilinear",

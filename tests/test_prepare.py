@@ -179,11 +179,20 @@ def test_imagefolder_test_root_is_the_test_split_and_train_val_use_all_of_root(t
     assert meta["counts"]["test"] == {"a": 4, "b": 5, "c": 4}
 
 
-def test_test_root_is_only_for_image_folders(tmp_path):
-    from edgeopt.params import ParamsError
+def test_a_test_root_without_class_folders_carves_the_test_split(tmp_path):
+    """The shipped data/raw/test-images holds only a README: a dvc.yaml dep that exists, and no test set."""
+    from stages import prepare
 
-    with pytest.raises(ParamsError, match=r"data\.test_root is for data\.source: imagefolder \(not 'cifar10'\)"):
-        load_params(REPO / "params.yaml", ["data.source=cifar10", f"data.test_root={tmp_path}"])
+    root = make_folder(tmp_path / "train")
+    empty = tmp_path / "test-images"
+    empty.mkdir()
+    (empty / "README.md").write_text("put a test set here")
+    params = load_params(REPO / "params.yaml", ["data.source=imagefolder", f"data.root={root}", "data.channels=3",
+                                                 "data.image_size=16", f"data.test_root={empty}"])
+    prepare.run(params, Paths(tmp_path))
+    meta = load_meta(tmp_path / "data" / "prepared")
+    assert meta["test_root"] is None and meta["split_sources"]["test"]["how"].startswith("stratified, seeded")
+    assert sum(meta["counts"]["test"].values()) > 0
 
 
 def test_missing_test_root_names_the_folder(tmp_path):
