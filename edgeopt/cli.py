@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeopt import predict_cli
 
     predict_cli.add_arguments(p)
+    p = sub.add_parser("evaluate-release", help="Accuracy, per-class table, confusion matrix and drift check of a "
+                                                "release on a labelled folder (torch-free)",
+                       description="Evaluate a release on DATA_DIR/<class>/<image> in its runtime; exit 3 when "
+                                   "accuracy falls below the manifest's by more than --max-drop points.")
+    from edgeopt import release_eval_cli
+
+    release_eval_cli.add_arguments(p)
     p = sub.add_parser("benchmark", help="Compression and pipeline-cost benchmarks (JSON + Markdown)")
     p.add_argument("benchmark_args", nargs=argparse.REMAINDER, help="arguments for `python -m benchmarks`")
     return parser
@@ -131,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from edgeopt import predict_cli
 
             return int(predict_cli.main(args) or 0)
+        if args.command == "evaluate-release":
+            from edgeopt import release_eval_cli
+
+            return int(release_eval_cli.main(args) or 0)
         if args.command == "benchmark":
             from benchmarks.__main__ import main as bench_main
 

@@ -1,6 +1,7 @@
 """Git lineage of a working tree: commit and whether tracked files differ from it (torch-free)."""
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,3 +26,25 @@ def git_state(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"commit": commit, "short": commit[:10], "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(tracked), "modified_files": len(tracked.splitlines()),
             "untracked_files": len([ln for ln in untracked.splitlines() if ln.startswith("??")])}
+
+
+def show_file(root: Path, path: str, rev: str = "HEAD") -> str | None:
+    """A file's content at `rev` (None outside git, or when the file is not in that commit)."""
+    return _git(root, "show", f"{rev}:./{path}")
+
+
+def commit_url(root: Path, commit: str | None) -> str | None:
+    """A web link to `commit` when the `origin` remote is on a known forge (GitHub, GitLab, Bitbucket, Codeberg),
+    else None. Credentials in the remote URL are never part of the link."""
+    remote = _git(root, "remote", "get-url", "origin") if commit else None
+    if not remote:
+        return None
+    m = re.match(r"^(?:https?://(?:[^@/]+@)?|ssh://(?:[^@/]+@)?|[^@/]+@)([^/:]+)[:/](.+?)(?:\.git)?/?$", remote)
+    if not m or not re.fullmatch(r"[\w.-]+(?:/[\w.-]+)+", m.group(2)):
+        return None
+    host, repo = m.group(1).split(":")[0], m.group(2)
+    if host in ("github.com", "codeberg.org") or host.startswith("gitlab."):
+        return f"https://{host}/{repo}" + ("/-/commit/" if host.startswith("gitlab.") else "/commit/") + commit
+    if host == "bitbucket.org":
+        return f"https://{host}/{repo}/commits/{commit}"
+    return None
