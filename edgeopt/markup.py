@@ -18,9 +18,11 @@ import re
 from typing import Any
 
 MISSING = "-"
-# Markdown punctuation that starts formatting, links or HTML; `_` only matters at word edges (CommonMark
-# ignores intra-word underscores), so `finetuned_ov_fp16` stays readable in the raw file.
-_MD_SPECIAL = re.compile(r"([\\`*\[\]{}()#+!~|])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# Markdown punctuation that starts emphasis, code, links or tables anywhere in a line. `(`, `!` only act after
+# `[`/`]` (escaped), `#`, `+`, `-` only at the start of a line (_MD_LINE_START), and `_` only at word edges
+# (CommonMark ignores intra-word underscores): `finetuned_ov_fp16 (+0.20 pt)` stays readable in the raw file.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]~|])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_MD_LINE_START = re.compile(r"^(\s*(?:\d+)?)(#+|=+|[+>-]|(?<=\d)[.)])(?=\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
 
 
@@ -34,11 +36,13 @@ def one_line(text: Any) -> str:
     return _CONTROL.sub(visible, str(text))
 
 
-def md_text(text: Any) -> str:
-    """Inline Markdown text: no HTML, no emphasis / link / code markup, one line."""
-    s = one_line(text)
-    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), s)
+def md_text(text: Any, line_start: bool = False) -> str:
+    """Inline Markdown text: no HTML, no emphasis / link / code markup, one line. `line_start`: the text begins
+    a line or a list item, where `# `, `- `, `1. ` would make a heading or a list. None -> '-'."""
+    s = one_line(MISSING if text is None else text)
+    s = s.replace("&", "&amp;").replace("<", "&lt;")  # no tag, no entity can start; `>` mid-line is text
+    s = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), s)
+    return _MD_LINE_START.sub(lambda m: f"{m.group(1)}\\{m.group(2)}", s) if line_start else s
 
 
 def md_cell(text: Any) -> str:
@@ -47,18 +51,19 @@ def md_cell(text: Any) -> str:
     return s if s.strip() else MISSING
 
 
-def md_code(text: Any) -> str:
+def md_code(text: Any, in_table: bool = False) -> str:
     """An inline code span the text cannot close or break (longest backtick run + 1 as the fence). Inside a
-    code span `<b>` is shown literally; pipes are escaped as GFM tables require even there."""
-    s = one_line(text).replace("|", "\\|")
+    code span `<b>` is shown literally; in a table cell (`in_table`) pipes need escaping even there."""
+    s = one_line(MISSING if text is None else text)
+    s = s.replace("|", "\\|") if in_table else s
     fence = "`" * (max((len(r) for r in re.findall(r"`+", s)), default=0) + 1)
     pad = " " if s.startswith("`") or s.endswith("`") or not s.strip() else ""
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
 def html_text(text: Any) -> str:
-    """Text for an HTML element or a quoted attribute (quotes escaped too)."""
-    return html.escape("" if text is None else str(text), quote=True)
+    """Text for an HTML element or a quoted attribute (quotes escaped too). None -> '-'."""
+    return html.escape(MISSING if text is None else str(text), quote=True)
 
 
 # --- numbers for people ---------------------------------------------------------------------------------------
