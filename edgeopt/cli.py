@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -118,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(bench_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Our own logs at INFO; third-party libraries (GX, NNCF, ...) only at WARNING unless --verbose.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("edgeopt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Our own logs at INFO; third-party libraries (GX, NNCF's own handler, warnings) only at WARNING unless -v.
+    from edgeopt.logs import setup_logging
+
+    setup_logging(args.verbose)
     if not args.command:
         parser.print_help()
         return EXIT_USAGE

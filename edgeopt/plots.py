@@ -87,7 +87,9 @@ def pareto_png(rows: list[dict[str, Any]], x_key: str, xlabel: str, title: str, 
     from matplotlib.lines import Line2D
 
     pts = [r for r in rows if _finite(r.get(x_key)) and _finite(r.get(y_key))]
-    number = {r["name"]: r.get("index", i + 1) for i, r in enumerate(rows)}
+    given = [r.get("index") for r in rows]
+    unique = None not in given and len(set(given)) == len(given)  # a sweep merges runs: their #s repeat
+    number = {r["name"]: r["index"] if unique else i + 1 for i, r in enumerate(rows)}
     many = len(pts) > 30  # sweeps: number only the front and the pick, or the key would not fit
     fig, (ax, key_ax) = plt.subplots(1, 2, figsize=(10, 5.6), gridspec_kw={"width_ratios": [2.6, 1]})
     try:

@@ -32,8 +32,8 @@ CURVES = (("train: baseline", "train", "history", "train"),
           ("cluster: cluster-preserving fine-tuning", "cluster", "history", None),
           ("distill: student with KD", "distill", None, "distill"),
           ("distill: student without KD", "distill", None, "distill_nokd"))
-COLUMNS = [  # (key, header, format): the verdict first, it is what people look for
-    ("index", "#", "{}"), ("name", "candidate", "{}"), ("verdict", "gate", "{}"), ("runtime", "runtime", "{}"),
+COLUMNS = [  # (key, header, format): the verdict next to the name, it is what people look for
+    ("name", "candidate", "{}"), ("verdict", "gate", "{}"), ("runtime", "runtime", "{}"),
     ("precision", "precision", "{}"), ("accuracy", "accuracy %", "{:.2f}"), ("drop", "drop pt", "{:+.2f}"),
     ("size_kb", "size KB", "{:,.1f}"), ("p50_ms", "p50 ms", "{:.3f}"), ("p90_ms", "p90 ms", "{:.3f}"),
     ("speedup_pytorch", "speed-up vs FP32 PyTorch", "{:.2f}x"),
@@ -41,6 +41,7 @@ COLUMNS = [  # (key, header, format): the verdict first, it is what people look 
     ("macs", "MACs", "{:,}"), ("unique_weights", "unique weights", "{:,}"),
 ]
 TEXT_COLUMNS = ("name", "verdict", "runtime", "precision")
+TABLE = [("index", "#", "{}"), *COLUMNS]  # the report's tables: `#` is the point's number in the Pareto charts
 
 
 def optional_json(path: Path) -> dict[str, Any] | None:
@@ -97,9 +98,9 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    sep = "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k, _, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(mk.md_cell(_cell(r, k, f)) for k, _, f in COLUMNS) + " |" for r in rows]
+    head = "| " + " | ".join(h for _, h, _ in TABLE) + " |"
+    sep = "|" + "|".join("---" if k in TEXT_COLUMNS else "---:" for k, _, _ in TABLE) + "|"
+    body = ["| " + " | ".join(mk.md_cell(_cell(r, k, f)) for k, _, f in TABLE) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 
@@ -361,11 +362,11 @@ CSS = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.
 
 
 def _html_table(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th class='{'t' if k in TEXT_COLUMNS else ''}'>{mk.html_text(h)}</th>" for k, h, _ in COLUMNS)
+    head = "".join(f"<th class='{'t' if k in TEXT_COLUMNS else ''}'>{mk.html_text(h)}</th>" for k, h, _ in TABLE)
     body = []
     for r in rows:
         cells = []
-        for k, _, f in COLUMNS:
+        for k, _, f in TABLE:
             cls = ("t " + str(r["verdict"]).split()[0]) if k == "verdict" else ("t" if k in TEXT_COLUMNS else "")
             title = f" title='{mk.html_text('; '.join(r['reasons']))}'" if k == "verdict" and r["reasons"] else ""
             cells.append(f"<td class='{cls}'{title}>{mk.html_text(_cell(r, k, f))}</td>")

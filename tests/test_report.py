@@ -15,7 +15,7 @@ from edgeopt.errors import GateNonePassError
 from edgeopt.io import read_json, write_json
 from edgeopt.params import load_params
 from edgeopt.paths import Paths
-from stages.report import COLUMNS, candidate_rows, markdown_table, model_card, params_diff, pareto_front
+from stages.report import TABLE, candidate_rows, markdown_table, model_card, params_diff, pareto_front
 from tests.release_helpers import REPO, release_project, release_template  # noqa: F401
 
 HOSTILE = "<b>x<|y\nz"
@@ -90,7 +90,7 @@ def test_report_rows_files_and_model_card(release_project):
 
     md = (root / "reports" / "report.md").read_text()
     table = _table_lines(md)
-    assert len(table) == 1 + 4 and all(_cells(ln) == len(COLUMNS) for ln in table)  # header + one row each
+    assert len(table) == 1 + 4 and all(_cells(ln) == len(TABLE) for ln in table)  # header + one row each
     line = next(ln for ln in table if ln.startswith("| 3 | finetuned_ov_fp16 | pass (selected) |"))
     for cell in ("94.80", "+0.20", "0.240", "0.300", "4.17x", "1.33x", "1,000", "5,000", "174.3"):
         assert f" {cell} |" in line, (cell, line)
@@ -160,7 +160,7 @@ def test_hostile_names_are_escaped_everywhere(release_project):
     assert HOSTILE in m["pareto_latency"]
     md = (root / "reports" / "report.md").read_text()
     assert "<b>" not in md and "<script" not in md and "\nz" not in md
-    assert all(_cells(ln) in (len(COLUMNS), 3) for ln in _table_lines(md))  # candidates and params tables intact
+    assert all(_cells(ln) in (len(TABLE), 3) for ln in _table_lines(md))  # candidates and params tables intact
     shown = _rendered(md)
     assert not {"b", "script"} & set(shown.tags)
     assert shown.tags.count("tr") == 1 + 4 + 1 + 1  # candidates: header + 4 rows; params: header + 1 row
