@@ -327,10 +327,11 @@ def format_text(report: dict[str, Any], max_matrix: int = 20) -> str:
         out.append(f"{_label(r['class'])!s:24s} {r['images']:7,d} {r['correct']:7,d} {acc:>9s}")
     m = report["confusion"]["matrix"]
     if k <= max_matrix:
-        width = max(4, max(len(f"{v:,}") for row in m for v in row) + 1, max(len(_label(c, 8)) for c in report["classes"]) + 1)
+        names = [_label(c, 8) for c in report["classes"]]
+        width = max(4, max(len(f"{v:,}") for row in m for v in row) + 1, max(map(len, names)) + 1)
         out += ["", "Confusion matrix (rows: true class, columns: predicted class):",
-                " " * 9 + "".join(f"{_label(c, 8):>{width}s}" for c in report["classes"])]
-        out += [f"{_label(c, 8):>8s} " + "".join(f"{v:>{width},d}" for v in row) for c, row in zip(report["classes"], m)]
+                " " * 9 + "".join(f"{n:>{width}s}" for n in names)]
+        out += [f"{n:>8s} " + "".join(f"{v:>{width},d}" for v in row) for n, row in zip(names, m)]
     else:
         out += ["", f"Confusion matrix: {k} x {k}, in the JSON report and the PNG"]
     d = report["drift"]

@@ -22,14 +22,14 @@ EXIT_DRIFT = 3
 EXIT_USAGE = 2
 
 
-def _non_negative(text: str) -> float:
+def points(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be between 0 and 100 points (got {text})")
     return value
 
 
-def _batch(text: str) -> int:
+def batch_size(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 4096:
         raise argparse.ArgumentTypeError(f"must be between 1 and 4096 (got {text})")
@@ -40,13 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("release", help="pulled release directory, or registry:<model>@<version|channel>")
     p.add_argument("data_dir", metavar="DATA_DIR", help="labelled folder DATA_DIR/<class>/<image>; folder names "
                                                         "are the release's class names")
-    p.add_argument("--max-drop", type=_non_negative, default=DEFAULT_MAX_DROP, metavar="POINTS",
+    p.add_argument("--max-drop", type=points, default=DEFAULT_MAX_DROP, metavar="POINTS",
                    help="exit 3 when accuracy is lower than the manifest's by more than this many points "
                         f"(default {DEFAULT_MAX_DROP:g})")
     p.add_argument("--out", metavar="DIR", help="where report.json and confusion.png go "
                                                 "(default: release-eval/<model>-<version>/)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the text summary")
-    p.add_argument("--batch-size", type=_batch, default=DEFAULT_BATCH, help=f"images per batch (default {DEFAULT_BATCH})")
+    p.add_argument("--batch-size", type=batch_size, default=DEFAULT_BATCH,
+                   help=f"images per batch (default {DEFAULT_BATCH})")
     p.add_argument("--threads", type=int, default=0, help="inference threads (0 = runtime default)")
     p.add_argument("--registry", metavar="DIR", help="registry root for registry:... (default: registry.root)")
     p.add_argument("--params", default="params.yaml", help="params file naming registry.root (registry:... only)")

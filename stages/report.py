@@ -268,7 +268,8 @@ def model_card(manifest: dict[str, Any] | None, gate: dict[str, Any] | None, met
         f"- Test accuracy {mk.pct(m.get('accuracy'))} on {mk.count(m.get('images'))} {t(m.get('split') or '-')} "
         f"images, drop {mk.pt(m.get('drop'), sign=False)} vs the FP32 baseline in the same runtime "
         f"({mk.pct(m.get('baseline_accuracy'))})",
-        f"- Latency p50 {mk.ms(lat.get('p50_ms'))}, p90 {mk.ms(lat.get('p90_ms'))}, batch 1, on {t(hw.get('cpu') or '-')} "
+        f"- Latency p50 {mk.ms(lat.get('p50_ms'))}, p90 {mk.ms(lat.get('p90_ms'))}, batch 1, "
+        f"on {t(hw.get('cpu') or '-')} "
         f"({t(prof.get('name') or '-')}, {mk.human(prof.get('threads'))} thread(s))",
         f"- Shipped size {mk.size(m.get('size_bytes'))} ({mk.count(m.get('size_bytes'))} bytes); "
         f"params {mk.count(m.get('params'))}, MACs {mk.count(m.get('macs'))}",
@@ -387,16 +388,20 @@ def _figure(png: bytes, alt: str, caption: str) -> str:
 
 
 def _front_note(rows: list[dict[str, Any]], x_key: str, what: str, selected: str | None) -> str:
+    """The front in words, and where the gate's pick stands: on it, or dominated by which candidates (with their
+    verdicts: a candidate that fails another gate, or a baseline, can beat the pick on these two criteria)."""
     from edgeopt.pareto import dominated_by
 
+    by_name = {r["name"]: r for r in rows}
+    label = lambda n: f"#{by_name[n]['index']} {n}"  # noqa: E731
     front = pareto_front(rows, x_key)
-    names = ", ".join(f"#{r['index']} {r['name']}" for n in front for r in rows if r["name"] == n) or "-"
+    text = f"Pareto front (accuracy vs {what}): {', '.join(map(label, front)) or '-'}."
     if not selected:
-        return f"Pareto front (accuracy vs {what}): {names}."
+        return text
     beaten = dominated_by(rows, selected, minimize=(x_key,), maximize=("accuracy",))
-    where = ("on this front" if selected in front else
-             f"not on this front: dominated by {', '.join(beaten)}" if beaten else "not measured here")
-    return f"Pareto front (accuracy vs {what}): {names}. The gate's pick {selected} is {where}."
+    where = ("on this front" if selected in front else "not measured here" if not beaten else
+             "not on this front: dominated by " + ", ".join(f"{label(n)} ({by_name[n]['verdict']})" for n in beaten))
+    return f"{text} The gate's pick {selected} is {where}."
 
 
 @stage("report")
@@ -485,8 +490,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     if stages:
         sections.append(("Pipeline", html_list(stages)))
     if diff:
-        sections.append(("Params that differ from the defaults", "<div class='scroll'><table><tr><th class='t'>param</th>"
-                         "<th class='t'>default</th><th class='t'>this run</th></tr>" + "".join(
+        sections.append(("Params that differ from the defaults", "<div class='scroll'><table><tr>"
+                         "<th class='t'>param</th><th class='t'>default</th><th class='t'>this run</th></tr>" + "".join(
                              f"<tr><td class='t'>{mk.html_text(k)}</td><td class='t'>{mk.html_text(mk.human(a))}</td>"
                              f"<td class='t'>{mk.html_text(mk.human(b))}</td></tr>" for k, a, b in diff)
                          + "</table></div>"))

@@ -49,8 +49,9 @@ PAGE_CHECKS = r"""(async () => {
     const r = el.getBoundingClientRect();
     if (r.width > 0 && r.right > vw + 1 && !scroller(el)) wide.push({el: name(el), right: Math.round(r.right)});
   }
-  const images = [...document.images].map(i => ({alt: i.alt, src: i.src.slice(0, 60), loaded: i.complete && i.naturalWidth > 0,
-                                                 width: i.naturalWidth, shown: Math.round(i.getBoundingClientRect().width)}));
+  const images = [...document.images].map(i => ({alt: i.alt, src: i.src.slice(0, 60),
+    loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth,
+    shown: Math.round(i.getBoundingClientRect().width)}));
   return {title: document.title, viewport: vw, scrollWidth: document.documentElement.scrollWidth,
           height: document.documentElement.scrollHeight, text: document.body.innerText.length,
           headings: [...document.querySelectorAll('h1,h2')].map(h => h.textContent), images, wide: wide.slice(0, 20)};

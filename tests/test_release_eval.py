@@ -164,13 +164,15 @@ def _big_release(tmp_path: Path) -> Path:
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 10)).astype(np.float32), "w")
     axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0), helper.make_node("MatMul", ["m", "w"], ["y"])],
+        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["y"])],
         "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 64, 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])], [w, axes])
     model_path = tmp_path / "model.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), model_path)
     reg = Registry(tmp_path / "registry")
-    manifest = {"primary": "model.onnx", "runtime": "onnxruntime", "candidate": "hand_made", "classes": list("abcdefghij"),
+    manifest = {"primary": "model.onnx", "runtime": "onnxruntime", "candidate": "hand_made",
+                "classes": list("abcdefghij"),
                 "input": {"layout": "NCHW", "channels": 3, "color_order": "RGB", "mean": [0.5] * 3, "std": [0.25] * 3,
                           "resize": {"size": [64, 64]}},
                 "metrics": {"accuracy": 10.0, "split": "test", "images": 1000}}

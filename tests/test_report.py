@@ -132,6 +132,19 @@ def test_report_after_failed_gate(release_project):
     assert markdown_table([]).count("\n") == 1
 
 
+def test_a_pick_off_a_front_is_shown_truthfully(release_project):
+    """rank_by=size picks the INT8 model: on the size front, but on the latency chart the FP16 model is faster
+    and more accurate. The report says so rather than drawing the pick onto a front it is not on."""
+    root = release_project
+    _, m = run_stages(root, "gate", "report", overrides=["gate.rank_by=size"])
+    assert m["selected"] == "finetuned_ort_int8_dynamic"
+    assert m["selected_on_front"] == {"latency": False, "size": True}
+    md = (root / "reports" / "report.md").read_text()
+    assert ("The gate's pick finetuned_ort_int8_dynamic is not on this front: dominated by #3 finetuned_ov_fp16 "
+            "(pass)." in md)
+    assert "Pareto front (accuracy vs size): #4 finetuned_ort_int8_dynamic, #3 finetuned_ov_fp16, " in md
+
+
 def test_params_diff_against_repo_defaults(release_project):
     root = release_project
     (m,) = run_stages(root, "report", overrides=["train.epochs=3", "prune.protect=[first_conv]"])
