@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -56,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeopt import predict_cli
 
     predict_cli.add_arguments(p)
+    p = sub.add_parser("evaluate-release", help="Accuracy, per-class table, confusion matrix and drift check of a "
+                                                "release on a labelled folder (torch-free)",
+                       description="Evaluate a release on DATA_DIR/<class>/<image> in its runtime; exit 3 when "
+                                   "accuracy falls below the manifest's by more than --max-drop points.")
+    from edgeopt import release_eval_cli
+
+    release_eval_cli.add_arguments(p)
     p = sub.add_parser("benchmark", help="Compression and pipeline-cost benchmarks (JSON + Markdown)")
     p.add_argument("benchmark_args", nargs=argparse.REMAINDER, help="arguments for `python -m benchmarks`")
     return parser
@@ -98,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(bench_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Our own logs at INFO; third-party libraries (GX, NNCF, ...) only at WARNING unless --verbose.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("edgeopt").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Our own logs at INFO; third-party libraries (GX, NNCF's own handler, warnings) only at WARNING unless -v.
+    from edgeopt.logs import setup_logging
+
+    setup_logging(args.verbose)
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             from edgeopt import predict_cli
 
             return int(predict_cli.main(args) or 0)
+        if args.command == "evaluate-release":
+            from edgeopt import release_eval_cli
+
+            return int(release_eval_cli.main(args) or 0)
         if args.command == "benchmark":
             from benchmarks.__main__ import main as bench_main
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,25 @@ def create_tag(root: Path, tag: str, message: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     return None if out.returncode == 0 else (out.stderr.strip().splitlines() or ["git tag failed"])[0]
+
+
+def show_file(root: Path, path: str, rev: str = "HEAD") -> str | None:
+    """A file's content at `rev` (None outside git, or when the file is not in that commit)."""
+    return _git(root, "show", f"{rev}:./{path}")
+
+
+def commit_url(root: Path, commit: str | None) -> str | None:
+    """A web link to `commit` when the `origin` remote is on a known forge (GitHub, GitLab, Bitbucket, Codeberg),
+    else None. Credentials in the remote URL are never part of the link."""
+    remote = _git(root, "remote", "get-url", "origin") if commit else None
+    if not remote:
+        return None
+    m = re.match(r"^(?:https?://(?:[^@/]+@)?|ssh://(?:[^@/]+@)?|[^@/]+@)([^/:]+)[:/](.+?)(?:\.git)?/?$", remote)
+    if not m or not re.fullmatch(r"[\w.-]+(?:/[\w.-]+)+", m.group(2)):
+        return None
+    host, repo = m.group(1).split(":")[0], m.group(2)
+    if host in ("github.com", "codeberg.org") or host.startswith("gitlab."):
+        return f"https://{host}/{repo}" + ("/-/commit/" if host.startswith("gitlab.") else "/commit/") + commit
+    if host == "bitbucket.org":
+        return f"https://{host}/{repo}/commits/{commit}"
+    return None

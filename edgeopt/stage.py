@@ -64,8 +64,11 @@ class ParamsView:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._model, name)  # AttributeError for a key that does not exist at all
+        if name in ("dump", "model_dump", "model_dump_json", "section") and not self._prefix:
+            raise UndeclaredParam(f"stage {self._stage!r} asks for all params ({name}); read the keys it declares "
+                                  "in dvc.yaml instead")
         if name.startswith("_") or callable(value) and not isinstance(value, BaseModel):
-            return value  # pydantic internals and methods such as model_dump go to the model itself
+            return value  # pydantic internals and the methods of a declared section go to the model itself
         key = f"{self._prefix}{'validate' if name == 'validate_' else name}"
         allowed = self._allowed(key)
         if allowed == "all":
@@ -111,6 +114,26 @@ def ran_with(view: ParamsView, paths: Paths) -> dict[str, Any]:
             "git": {"commit": git.get("commit"), "dirty": git.get("dirty")}}
 
 
+def recorded_params(paths: Paths, stages: list[str]) -> dict[str, Any]:
+    """The params `stages` ran with (their metrics/<stage>.json `ran_with`), merged into one nested mapping: what
+    built the artifacts, as dvc.lock records it. Stages without a record are left out."""
+    import json
+
+    merged: dict[str, Any] = {}
+    for name in stages:
+        try:
+            ran = json.loads(paths.metrics(name).read_text()).get("ran_with") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, value in (ran.get("params") or {}).items():
+            node = merged
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return merged
+
+
 def declared_params(stage_name: str, root: Path) -> tuple[str, ...]:
     from edgeopt.pipeline import load_pipeline
 
@@ -146,13 +169,6 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
     return decorate
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Our own logs at INFO; third-party libraries (GX, NNCF, ...) only at WARNING unless verbose."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("edgeopt").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
     """`python -m stages.<name> [--params F] [--set k=v] [--root D] [-v]`: what dvc.yaml runs for a stage.
 
@@ -169,6 +185,8 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
     add_params_args(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    from edgeopt.logs import setup_logging
+
     setup_logging(args.verbose)
     try:
         metrics = fn(load_params(args.params, args.overrides), Paths(Path(args.root)))

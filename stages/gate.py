@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from edgeopt import pareto
 from edgeopt.errors import GateNonePassError, StaleInputsError
 from edgeopt.io import read_json, sha256_file, sha256_json, write_json
 from edgeopt.params import Params
@@ -121,24 +122,17 @@ def rank_key(row: dict[str, Any], rank_by: str) -> tuple:
     return (row["baseline"], *(values[k] for k in order), row["name"])
 
 
+GATE_CRITERIA = {"minimize": ("latency_ms", "size_bytes"), "maximize": ("accuracy",)}
+
+
 def dominates(a: dict[str, Any], b: dict[str, Any], tolerance: float) -> bool:
     """`a` is at least as good as `b` on accuracy, latency (within `tolerance`, the measurement noise) and size,
     and better on one of them (latency only when beyond the noise)."""
-    no_worse = (a["accuracy"] >= b["accuracy"] and a["latency_ms"] <= b["latency_ms"] * (1 + tolerance)
-                and a["size_bytes"] <= b["size_bytes"])
-    better = (a["accuracy"] > b["accuracy"] or a["size_bytes"] < b["size_bytes"]
-              or a["latency_ms"] * (1 + tolerance) < b["latency_ms"])
-    return no_worse and better
+    return pareto.dominates(a, b, **GATE_CRITERIA, tolerance={"latency_ms": tolerance})
 
 
 def pareto_layers(rows: list[dict[str, Any]], tolerance: float) -> list[list[dict[str, Any]]]:
-    """Non-dominated sorting: the Pareto front first, then the front of what remains, and so on."""
-    pool, layers = list(rows), []
-    while pool:
-        front = [r for r in pool if not any(dominates(o, r, tolerance) for o in pool if o is not r)]
-        layers.append(front)
-        pool = [r for r in pool if all(r is not f for f in front)]
-    return layers
+    return pareto.layers(rows, **GATE_CRITERIA, tolerance={"latency_ms": tolerance})
 
 
 def _order_front(front: list[dict[str, Any]], rank_by: str, tolerance: float) -> list[dict[str, Any]]:

@@ -158,26 +158,54 @@ def rank_layers(model: nn.Module, x_cal: torch.Tensor, x_val: torch.Tensor, y_va
                   "all_int8_output_nmse": float(f"{all_nmse:.6g}")}
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], title: str, keep: int = 0) -> None:
+    """Two bar charts, most sensitive layer on top: the accuracy drop (points) and the output error (log scale:
+    it spans decades). The legend says what each colour is; bars of the `keep` layers quantize leaves in FP32
+    are hatched."""
     import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import LogLocator, NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, max(2.5, 0.35 * len(rows) + 1.2)), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, max(3.0, 0.38 * len(rows) + 1.9)), sharey=True)
+    drop_ax, err_ax = axes
     if rows:
-        names = [r["layer"] for r in rows][::-1]  # most sensitive on top
-        axes[0].barh(names, [r["drop"] for r in rows][::-1], color="tab:red")
-        axes[1].barh(names, [r["output_nmse"] for r in rows][::-1], color="tab:blue")
+        shown = rows[::-1]  # most sensitive on top
+        names = [r["layer"] for r in shown]
+        hatch = ["//" if r["rank"] <= keep else "" for r in shown] if keep else [""] * len(shown)
+        drops = [r["drop"] for r in shown]
+        bars = drop_ax.barh(names, drops, color="tab:red", hatch=hatch, edgecolor="white")
+        drop_ax.axvline(0, color="black", lw=0.8)
+        drop_ax.bar_label(bars, labels=[f"{d:+.2f}" if d else "0" for d in drops], padding=3, fontsize=7)
+        drop_ax.margins(x=0.25)
+        errs = [r["output_nmse"] for r in shown]
+        floor = min([e for e in errs if e > 0], default=1e-6) / 3  # log scale: an exact 0 is drawn at the floor
+        bars = err_ax.barh(names, [max(e, floor) for e in errs], color="tab:blue", hatch=hatch, edgecolor="white")
+        err_ax.bar_label(bars, labels=[f"{e:.1e}" if e > 0 else "0" for e in errs], padding=3, fontsize=7)
+        err_ax.set_xscale("log")
+        err_ax.set_xlim(floor, max(max(errs), floor * 10) * 8)
+        # one tick per decade, labelled 1e-05 ... : the default linear ticks ran together
+        err_ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+        err_ax.xaxis.set_minor_formatter(NullFormatter())
+        handles = [Patch(color="tab:red", label="accuracy drop with only this layer in INT8"),
+                   Patch(color="tab:blue", label="output error with only this layer in INT8")]
+        if keep:
+            handles.append(Patch(facecolor="white", hatch="//", edgecolor="dimgray",
+                                 label=f"kept in FP32 by quantize (keep_sensitive: {keep})"))
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     else:
-        axes[0].text(0.5, 0.5, "sensitivity analysis disabled\n(sensitivity.enabled: false)",
-                     ha="center", va="center", transform=axes[0].transAxes)
-    axes[0].set_xlabel("validation accuracy drop (points)")
-    axes[1].set_xlabel("logits MSE / FP32 logits variance")
+        drop_ax.text(0.5, 0.5, "sensitivity analysis disabled\n(sensitivity.enabled: false)",
+                     ha="center", va="center", transform=drop_ax.transAxes)
+    drop_ax.set_xlabel("validation accuracy drop (points; below 0: INT8 scored higher)")
+    err_ax.set_xlabel("logits MSE / FP32 logits variance (log scale)")
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 if rows else 0, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -231,7 +259,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "preset": params.quantize.preset, **summary, "ranking": rows})
     write_json(paths.report(REPORT), report)
     _plot(paths.report(PLOT), rows, f"{source}: per-layer INT8 sensitivity ({len(val)} val images, "
-                                    f"FP32 {summary['fp32_accuracy']:.2f}%)")
+                                    f"FP32 {summary['fp32_accuracy']:.2f} %)", keep=params.quantize.keep_sensitive)
     top = rows[0]
     return {"enabled": True, "source": source, "layers": len(rows), "samples": int(len(val)),
             **summary, "max_drop": top["drop"], "most_sensitive": top["layer"],

@@ -95,14 +95,14 @@ def write_measurements(root: Path, accuracy: dict | None = None, latency: dict |
     write_stage_records(root)
 
 
-def write_stage_records(root: Path) -> None:
+def write_stage_records(root: Path, overrides: list[str] | None = None) -> None:
     """`ran_with` in metrics/<stage>.json of every stage upstream of the gate, as the stages record it: the
     params of the project's params.yaml and its data, which promote compares with now."""
     from edgeopt.params import load_params
     from edgeopt.pipeline import closure, load_pipeline
     from edgeopt.stage import ParamsView
 
-    params = load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml", overrides)
     specs = load_pipeline(root)
     data_hash = read_json(root / "data" / "prepared" / "meta.json").get("content_hash")
     for stage in closure(specs, ["gate"])[:-1]:
