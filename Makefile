@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-all repro clean-outputs help
+.PHONY: setup run test test-all plots-offline help
 
 help:
 	@echo "make run    - install (if needed) and run the whole pipeline on the default data (dvc repro)"
@@ -36,3 +36,7 @@ test: setup
 
 test-all: setup
 	python -m pytest -q --timeout=1800
+
+# `dvc plots show` pages without internet: Vega inlined into DVC's page template (downloads it once, sha512-checked)
+plots-offline: setup
+	python -m edgeopt.offline_plots .

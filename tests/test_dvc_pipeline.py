@@ -71,3 +71,11 @@ def test_dvc_repro_twice_metrics_and_plots(tmp_path):
     plots = run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], clone)
     assert plots.returncode == 0, plots.stderr[-2000:]
     assert (tmp_path / "plots" / "index.html").exists()
+    # `edgeopt plots-offline` inlines Vega into DVC's page template (stand-in scripts here: no downloads in tests)
+    from edgeopt.offline_plots import install
+
+    install(clone, ["window.vegaStandIn = 1;", "/* vega-lite */", "/* vega-embed */"])
+    plots = run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "offline")], clone)
+    page = (tmp_path / "offline" / "index.html").read_text()
+    assert plots.returncode == 0 and "window.vegaStandIn = 1;" in page and "cdn.jsdelivr" not in page
+    assert "vegaEmbed(" in page  # DVC's plot divs, now served by the inlined scripts

@@ -127,7 +127,8 @@ def test_a_served_schedule_creates_runs_that_complete(prefect_server, project, t
             180, "the served deployment", [served], [serve_log])
         nightly = deployments[0]
         assert [s["schedule"]["interval"] for s in nightly["schedules"]] == [15.0]
-        assert nightly["parameters"]["root"] == str(project) and nightly["concurrency_limit"] == 1
+        assert nightly["parameters"]["root"] == str(project)
+        assert (nightly["global_concurrency_limit"] or {}).get("limit") == 1, nightly  # runs take turns
         run = wait_until(scheduled_run_completed(api, nightly["id"]), 480, "a scheduled run", [served],
                          [serve_log])
     finally:
@@ -165,7 +166,7 @@ def test_a_work_pool_worker_runs_the_scheduled_deployment_of_prefect_yaml(prefec
     declared = {d["name"]: d for d in post(api, "/deployments/filter", {"work_pools": {"name": {"any_": ["edgeopt"]}}})}
     assert set(declared) == {"nightly", "on-demand"}
     assert [s["schedule"]["cron"] for s in declared["nightly"]["schedules"]] == ["0 2 * * *"]
-    assert declared["nightly"]["concurrency_limit"] == 1
+    assert (declared["nightly"]["global_concurrency_limit"] or {}).get("limit") == 1
     assert declared["nightly"]["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
     # the same deployment with a 15 s schedule and only prepare + validate, so the test sees the scheduler fire

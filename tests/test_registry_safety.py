@@ -92,9 +92,28 @@ def test_releases_survive_interleaved_orchestrators_experiments_and_checkouts(pr
         assert tags[f"{MODEL}@v{version}"] == reg.manifest(MODEL, version)["lineage"]["git"]["commit"]
     for version, name in (("0.0.3", "exp-a"), ("0.0.4", "exp-b")):
         assert reg.manifest(MODEL, version)["lineage"]["experiment"]["name"] == name
+    # `dvc exp show` compares the experiments: the pick's accuracy, drop, size, latency, and the params changed
+    shown = json.loads(dvc(root, "exp", "show", "--json", "-A").stdout)
+    exps = {e["name"]: e for e in _walk(shown) if e.get("name") in ("exp-a", "exp-b")}
+    for name, lr in (("exp-a", 0.013), ("exp-b", 0.014)):
+        data = exps[name]["data"]
+        gate = data["metrics"]["metrics/gate.json"]["data"]
+        assert {"selected_accuracy", "selected_drop", "selected_size_bytes", "selected_latency_ms"} <= set(gate)
+        assert data["params"]["params.yaml"]["data"]["finetune"]["lr"] == lr
     assert reg.channel(MODEL, "staging") == "0.0.5"
     history = [e["version"] for e in reg.record(MODEL)["channels"]["staging"]["history"]]
     assert history == ["0.0.1", "0.0.2", "0.0.3", "0.0.4", "0.0.5"]
+
+
+def _walk(node):
+    """Every dict inside `dvc exp show --json` output (its nesting differs between DVC versions)."""
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
 
 
 @pytest.mark.slow
