@@ -20,10 +20,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
+from edgeopt.logs import quiet_third_party
 from edgeopt.params import ParamsError, project_params
 from edgeopt.pipeline import PipelineError, closure, execution_order, load_pipeline
 from flows.tasks import completed_result, run_stages_with_dvc, stopped_because
-from flows.ui import publish_release
+from flows.ui import Progress, publish_release
 from flows.workspace import ProjectBusy, project_run
 
 
@@ -54,6 +55,7 @@ def edge_release(params_file: str = "params.yaml", overrides: list[str] | None =
         targets: run only these stages and what they need (default: every stage), like `dvc repro <stage>`.
     """
     logger = get_run_logger()
+    quiet_third_party()  # NNCF / GX / DVC internals at WARNING in this process; stages log their own lines
     root_path = Path(root).resolve()
     try:
         params = project_params(params_file, overrides, root_path)
@@ -61,7 +63,7 @@ def edge_release(params_file: str = "params.yaml", overrides: list[str] | None =
         stages = closure(specs, targets) if targets else execution_order(specs)
         with project_run(root_path, params_file, overrides):
             logger.info("project %s: stages %s", root_path, " -> ".join(stages))
-            states = run_stages_with_dvc(stages, root_path)
+            states = run_stages_with_dvc(stages, root_path, on_done=Progress(root_path, stages).stage_done)
     except (ParamsError, PipelineError, ProjectBusy) as exc:
         logger.error("%s", exc)
         return Failed(message=str(exc))

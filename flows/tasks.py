@@ -116,15 +116,18 @@ def dvc_stage(stage: str, root: str) -> dict[str, Any] | State:
     return summary
 
 
-def run_stages_with_dvc(stages: list[str], root: str | Path) -> dict[str, State]:
+def run_stages_with_dvc(stages: list[str], root: str | Path,
+                        on_done: Callable[[str, State], None] | None = None) -> dict[str, State]:
     """Run `stages` one after another (dvc.yaml order, one CPU-heavy stage at a time: bench must time a quiet
-    machine); after a failure the rest are NotRun."""
+    machine); after a failure the rest are NotRun. `on_done(name, state)` after each stage that ran."""
     states: dict[str, State] = {}
     for name in stages:
         if states and not all(s.is_completed() for s in states.values()):
             states[name] = Pending(name=NOT_RUN, message="an upstream stage failed")
             continue
         states[name] = dvc_stage.with_options(name=name, task_run_name=name)(name, str(root), return_state=True)
+        if on_done is not None:
+            on_done(name, states[name])
     return states
 
 

@@ -331,6 +331,11 @@ def test_release_flow_records_every_stage_in_dvc_lock_and_publishes_artifacts(tw
     table = json.loads(arts["edge-release-candidates"].data)
     evaluated = json.loads((release_project / "metrics" / "evaluate.json").read_text())["candidates"]
     assert sorted(r["candidate"] for r in table) == sorted(evaluated)
+    assert list(table[0])[:3] == ["gate", "candidate", "reasons"]  # the verdict first, no scrolling sideways
+    assert "passes every gate" in [r["reasons"] for r in table]  # not a bare '-' (a Markdown bullet)
+    assert all(a.task_run_id is None for a in arts.values())  # on the flow run, not on a hash-named task
+    assert arts["edge-release-progress"].type == "progress" and float(arts["edge-release-progress"].data) == 100.0
+    assert "edgeopt registry pull" in arts["edge-release-registry"].data  # what to do with it, no file:// link
 
     from prefect import get_client
 
