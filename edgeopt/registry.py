@@ -250,13 +250,16 @@ def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pull
     files = manifest["files"]
     for rel, info in files.items():
         try:
-            f = _inside(d, rel)
+            check_file_name(rel)
+            f = d / rel
+            if f.is_symlink() or not f.is_file():
+                problems.append(f"{f}: missing (or not a regular file)")
+                continue
+            _inside(d, rel)
         except RegistryError as exc:
             problems.append(f"{mpath}: {safe_text(exc)}")
             continue
-        if f.is_symlink() or not f.is_file():
-            problems.append(f"{f}: missing (or not a regular file)")
-        elif sha256_file(f) != info["sha256"]:
+        if sha256_file(f) != info["sha256"]:
             problems.append(f"{f}: content changed (sha256 differs from the manifest)")
     primary = manifest.get("primary")
     if "primary" in manifest and (not isinstance(primary, str) or primary not in files):
@@ -523,22 +526,24 @@ class Registry:
         self._check_destination(dest)
         files = list(self.manifest(model, version)["files"])
         dest.parent.mkdir(parents=True, exist_ok=True)
-        stage = temp_dir_next_to(dest)
-        try:
-            copy_release(src, files, stage)
-            marker = {"format": PULL_FORMAT, "release": f"{model}@{version}", "model": model, "version": version,
-                      "manifest_sha256": sha, "files": [MANIFEST, *files], "registry": str(self.root.resolve()),
-                      "pulled": now_iso(), "by": actor()}
-            (stage / PULL_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            problems = verify_dir(stage, sha, pulled=True)
-            if problems:
-                raise RegistryError(f"copy of {model}@{version} is corrupt: " + "; ".join(problems))
-            old = self._install(stage, dest)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        kept = _remove_earlier_pull(old, dest) if old is not None else None
-        clean_stale_siblings(dest)
+        with _pull_lock(dest, self.lock_timeout):  # two pulls into one directory: one after the other
+            self._check_destination(dest)
+            stage = temp_dir_next_to(dest)
+            try:
+                copy_release(src, files, stage)
+                marker = {"format": PULL_FORMAT, "release": f"{model}@{version}", "model": model,
+                          "version": version, "manifest_sha256": sha, "files": [MANIFEST, *files],
+                          "registry": str(self.root.resolve()), "pulled": now_iso(), "by": actor()}
+                (stage / PULL_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+                problems = verify_dir(stage, sha, pulled=True)
+                if problems:
+                    raise RegistryError(f"copy of {model}@{version} is corrupt: " + "; ".join(problems))
+                old = self._install(stage, dest)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            kept = _remove_earlier_pull(old, dest) if old is not None else None
+            clean_stale_siblings(dest)
         return {"model": model, "version": version, "path": dest, "files": len(files) + 1, "kept": kept}
 
     def _check_destination(self, dest: Path) -> None:
@@ -604,6 +609,23 @@ class Registry:
                 raise
             return old
         raise RegistryError(f"{dest}: keeps changing while pulling (another pull into it?); retry")
+
+
+@contextlib.contextmanager
+def _pull_lock(dest: Path, timeout: float) -> Iterator[None]:
+    """A lock file next to `dest` (`.<name>.pull.lock`, kept: removing a lock file races with its next user)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(dest.with_name(f".{dest.name}.pull.lock")), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RegistryError(f"{dest}: another pull into it holds {lock.lock_file} for {timeout:.0f} s; retry "
+                            f"later") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _remove_earlier_pull(old: Path, dest: Path) -> str | None:
