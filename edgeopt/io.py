@@ -96,7 +96,10 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _with_filename(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -104,13 +107,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fchmod(fh.fileno(), 0o666 & ~umask())  # mkstemp makes it 0600: give it the mode a plain write would
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        raise _with_filename(exc, path)
     _fsync_dir(path.parent)
     clean_stale_siblings(path)
     return path
+
+
+def _with_filename(exc: BaseException, path: Path) -> BaseException:
+    """An OSError while writing `path` names no file (ENOSPC from write/fsync) or our temp sibling: name the
+    target instead, so the one-line message says which output could not be written."""
+    if isinstance(exc, OSError) and exc.errno is not None and (
+            exc.filename is None or Path(exc.filename).name.startswith(f".{path.name}.")):
+        named = type(exc)(exc.errno, exc.strerror, str(path))
+        named.__cause__ = exc
+        return named
+    return exc
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -209,7 +223,10 @@ def temp_dir_next_to(path: str | Path) -> Path:
     """A new hidden directory next to `path` (same file system: renames are atomic), named for stale-sibling
     cleanup and with the user's umask (mkdtemp makes it 0700)."""
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _with_filename(exc, path) from None
     try:
         tmp.chmod(0o777 & ~umask())
     except BaseException:
@@ -230,9 +247,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = temp_dir_next_to(path)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise _with_filename(exc, path)
     if (path.exists() or path.is_symlink()) and _exchange(tmp, path):
         _fsync_dir(path.parent)  # one atomic swap: a kill at any point leaves the old or the new tree in place
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()  # old tree

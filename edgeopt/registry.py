@@ -41,6 +41,7 @@ RECORD = "registry.json"
 LOCK = ".lock"
 PULL_MARKER = ".edgeopt-pull.json"
 PULL_FORMAT = "edgeopt-pull/1"
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 MAX_RECORD_BYTES = 16 << 20  # manifests and records are KB-sized: never read a giant one into memory
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -472,7 +473,11 @@ class Registry:
             record["releases"][version] = {"manifest_sha256": sha256_bytes(raw),
                                            "content_sha256": manifest["content_sha256"],
                                            "created": manifest["created"], "by": by}
-            write_json(self.root / model / RECORD, record)
+            try:
+                write_json(self.root / model / RECORD, record)
+            except BaseException:  # disk full, read-only...: no release without its record (a kill still can)
+                shutil.rmtree(final, ignore_errors=True)
+                raise
             return {"model": model, "version": version, "created": True, "path": final,
                     "manifest_sha256": sha256_bytes(raw), "note": None}
 
@@ -539,8 +544,10 @@ class Registry:
                 if problems:
                     raise RegistryError(f"copy of {model}@{version} is corrupt: " + "; ".join(problems))
                 old = self._install(stage, dest)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(stage, ignore_errors=True)
+                if isinstance(exc, OSError) and exc.errno in _WRITE_ERRORS:  # name the destination, not the temp copy
+                    raise type(exc)(exc.errno, exc.strerror, str(dest)) from exc
                 raise
             kept = _remove_earlier_pull(old, dest) if old is not None else None
             clean_stale_siblings(dest)
