@@ -272,7 +272,8 @@ def _coerce(key: str, text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError) as exc:
-        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["nested too deeply"])[0]
+        problem = ("nested too deeply" if isinstance(exc, RecursionError) else
+                   getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0])
         raise ParamsError(f"override {key!r}: value {text[:80]!r} is not valid YAML ({problem}); "
                           "write a number, true/false, a [list], or a quoted string") from None
 
