@@ -410,7 +410,9 @@ class Registry:
             version = check_version(version)
         for rel in files:
             check_file_name(rel)
-        if "primary" in manifest and manifest["primary"] not in files:
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("lineage", {}), dict):
+            raise RegistryError(f"{model}: manifest must be an object (and its lineage an object)")
+        if "primary" in manifest and (not isinstance(manifest["primary"], str) or manifest["primary"] not in files):
             raise RegistryError(f"{model}: primary file {manifest['primary']!r} is not one of the release files "
                                 f"{sorted(files)}")
         by = by or actor()

@@ -170,7 +170,7 @@ def _promote(args: argparse.Namespace, reg) -> int:
 
 
 def _list(args: argparse.Namespace, reg) -> int:
-    from edgeopt.errors import RegistryError
+    from edgeopt.errors import RegistryError, safe_text
     from edgeopt.registry import semver_key
 
     data, lines = [], []
@@ -189,9 +189,9 @@ def _list(args: argparse.Namespace, reg) -> int:
                    "channels": sorted(c for c, v in pointers.items() if v == version)}
             data.append(row)
             lat = row["latency_ms"].get("p90_ms")
-            lines.append(f"{row['release']:32s} {str(row['created']):21s} {str(row['candidate']):28s} "
+            lines.append(safe_text(f"{row['release']:32s} {str(row['created']):21s} {str(row['candidate']):28s} "
                          f"{str(row['runtime']):12s} acc {row['accuracy'] if row['accuracy'] is not None else '-'}  "
-                         f"p90 {lat if lat is not None else '-'} ms  {' '.join(row['channels'])}")
+                         f"p90 {lat if lat is not None else '-'} ms  {' '.join(row['channels'])}"))
     _out(args, data, "\n".join(lines) if lines else f"{reg.root}: no releases")
     return 0
 
@@ -216,4 +216,6 @@ def _show_text(model: str, version: str, m: dict, channels: list[str], problems:
              f"{lineage.get('parent')}, created {m.get('created')} by {m.get('created_by')}",
              "  files      " + ", ".join(f"{k} ({_obj(v).get('bytes')} B)" for k, v in _obj(m.get("files")).items()),
              "  verified   " + ("ok" if not problems else "FAILED: " + "; ".join(problems))]
-    return "\n".join(lines)
+    from edgeopt.errors import safe_text
+
+    return "\n".join(safe_text(line) for line in lines)  # per line: a newline inside a field stays escaped
