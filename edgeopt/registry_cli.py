@@ -52,7 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def registry_root(args: argparse.Namespace) -> Path:
-    if args.registry:
+    if args.registry is not None:
+        if not args.registry.strip():
+            from edgeopt.errors import RegistryError
+
+            raise RegistryError("--registry '' refused: give the registry directory (an empty path would be the "
+                                "current directory)")
         return Path(args.registry)
     from edgeopt.paths import Paths
 
