@@ -32,21 +32,6 @@ def snapshot(root: Path) -> dict[str, object]:
     return out
 
 
-@pytest.fixture()
-def reg(tmp_path) -> Registry:
-    """A registry with m@0.0.1 (one file) and m@0.0.2 (two files, one in a subdirectory)."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "model.onnx").write_bytes(b"model one")
-    r = Registry(tmp_path / "registry")
-    r.publish("m", {"model.onnx": src / "model.onnx"}, {"candidate": "one", "primary": "model.onnx"})
-    (src / "model.onnx").write_bytes(b"model two")
-    (src / "w.bin").write_bytes(b"weights two")
-    r.publish("m", {"model.onnx": src / "model.onnx", "extra/w.bin": src / "w.bin"},
-              {"candidate": "two", "primary": "model.onnx"})
-    return r
-
-
 def hidden_leftovers(parent: Path) -> list[str]:
     """Hidden entries besides pull's lock files (kept on purpose: deleting a lock file races with its next user)."""
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") and not p.name.endswith(".pull.lock"))

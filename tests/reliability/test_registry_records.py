@@ -19,17 +19,6 @@ from edgeopt.io import read_json, sha256_file, write_json
 from edgeopt.registry import Registry, parse_ref, verify_dir
 
 
-@pytest.fixture()
-def reg(tmp_path) -> Registry:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "model.onnx").write_bytes(b"model one")
-    r = Registry(tmp_path / "registry")
-    r.publish("m", {"model.onnx": src / "model.onnx"}, {"candidate": "one", "primary": "model.onnx"})
-    r.point("m", "production", "0.0.1")
-    return r
-
-
 def writable(path: Path) -> Path:
     path.chmod(path.stat().st_mode | stat.S_IWUSR)
     return path
