@@ -84,7 +84,7 @@ def clean_stale_siblings(path: str | Path, extra_patterns: tuple[str, ...] = ())
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -111,7 +111,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise _with_filename(exc, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     clean_stale_siblings(path)
     return path
 
@@ -201,7 +201,7 @@ def read_json(path: str | Path, what: str = "JSON file", limit: int = MAX_JSON_B
         raise JSONFileError(f"{path}: {what} is not valid JSON ({exc}); rerun the stage that writes it") from None
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where the OS/filesystem lacks it."""
     import ctypes
     import errno
@@ -250,8 +250,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _with_filename(exc, path)
-    if (path.exists() or path.is_symlink()) and _exchange(tmp, path):
-        _fsync_dir(path.parent)  # one atomic swap: a kill at any point leaves the old or the new tree in place
+    if (path.exists() or path.is_symlink()) and exchange(tmp, path):
+        fsync_dir(path.parent)  # one atomic swap: a kill at any point leaves the old or the new tree in place
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()  # old tree
         clean_stale_siblings(path)
         return
@@ -261,7 +261,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
     clean_stale_siblings(path)

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from edgeopt.errors import RegistryError, safe_text
-from edgeopt.io import (JSONFileError, NotRegularFileError, _exchange, _fsync_dir, clean_stale_siblings,
+from edgeopt.io import (JSONFileError, NotRegularFileError, exchange, fsync_dir, clean_stale_siblings,
                         loads_strict, read_bytes_regular, sha256_bytes, sha256_file, sha256_json, temp_dir_next_to,
                         write_json)
 from edgeopt.paths import PathEscapeError, confined
@@ -599,15 +599,15 @@ class Registry:
             if not dest.exists() and not dest.is_symlink():
                 try:
                     os.rename(stage, dest)  # atomic; refused when a non-empty dest appeared meanwhile
-                    _fsync_dir(dest.parent)
+                    fsync_dir(dest.parent)
                     return None
                 except OSError as exc:
                     if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                         raise
                     continue
             self._check_destination(dest)  # again, right before replacing it
-            if _exchange(stage, dest):
-                _fsync_dir(dest.parent)
+            if exchange(stage, dest):
+                fsync_dir(dest.parent)
                 return stage
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.rename(dest, old)

@@ -18,7 +18,7 @@ import pytest
 from edgeopt.cli import main as cli_main
 from edgeopt.errors import RegistryError
 from edgeopt.io import read_json
-from edgeopt.registry import PULL_MARKER, Registry, verify_dir
+from edgeopt.registry import PULL_MARKER, verify_dir
 from tests.conftest import REPO
 
 
