@@ -31,7 +31,7 @@ from typing import Any, Iterator
 from edgeopt.errors import RegistryError, safe_text
 from edgeopt.io import (JSONFileError, NotRegularFileError, exchange, fsync_dir, clean_stale_siblings,
                         loads_strict, read_bytes_regular, sha256_bytes, sha256_file, sha256_json, temp_dir_next_to,
-                        write_json)
+                        to_jsonable, write_json)
 from edgeopt.paths import PathEscapeError, confined
 
 FORMAT = "edgeopt-registry/1"
@@ -443,7 +443,7 @@ class Registry:
             manifest["files"] = {rel: {"sha256": h, "bytes": Path(files[rel]).stat().st_size}
                                  for rel, h in content.items()}
             manifest["content_sha256"] = sha256_json(content)
-            raw = (json.dumps(manifest, indent=2) + "\n").encode()
+            raw = (json.dumps(to_jsonable(manifest), indent=2, allow_nan=False) + "\n").encode()  # strict JSON
             final = self.release_dir(model, version)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.parent.is_symlink() or final.parent.resolve().parent != self.root.resolve():

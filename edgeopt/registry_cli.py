@@ -77,8 +77,9 @@ def _out(args: argparse.Namespace, data: Any, text: str) -> None:
     """JSON (control characters escaped by json) or text, each line escaped: manifest fields and file names
     come from files anyone with write access could craft (a newline or ESC must not forge terminal output)."""
     from edgeopt.errors import safe_text
+    from edgeopt.io import to_jsonable
 
-    print(json.dumps(data, indent=2, default=str) if args.json else
+    print(json.dumps(to_jsonable(data), indent=2, default=str, allow_nan=False) if args.json else
           "\n".join(safe_text(line) for line in text.split("\n")))
 
 

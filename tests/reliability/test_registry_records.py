@@ -205,3 +205,17 @@ def test_list_survives_a_record_without_optional_fields(reg, capsys):
     assert cli_main(["registry", "list", "--registry", str(reg.root)]) == 0
     assert capsys.readouterr().out.startswith("m@0.0.1")
     assert sha256_file(record)  # still a file, untouched by list
+
+
+def test_nan_in_a_manifest_is_written_and_listed_as_strict_json(tmp_path, capsys):
+    src = tmp_path / "model.onnx"
+    src.write_bytes(b"x")
+    reg = Registry(tmp_path / "reg")
+    reg.publish("m", {"model.onnx": src}, {"metrics": {"accuracy": float("nan")}, "latency": {"p90_ms": float("inf")}})
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    man = json.loads((reg.release_dir("m", "0.0.1") / "manifest.json").read_text(), parse_constant=refuse)
+    assert man["metrics"]["accuracy"] is None and man["latency"]["p90_ms"] is None
+    assert cli_main(["registry", "list", "--json", "--registry", str(reg.root)]) == 0
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse)[0]["accuracy"] is None
