@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
-    from edgeopt.errors import exit_code_for
+    from edgeopt.errors import describe, exit_code_for, safe_text
 
     try:
         if args.command in dict(pipeline_stages()):
@@ -139,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_code_for(exc)
         if code is None:
             raise
-        print(f"edgeopt {args.command}: error: {exc}", file=sys.stderr)
+        logging.getLogger("edgeopt").debug("error details", exc_info=True)  # the traceback with --verbose
+        # escaped: a message may quote file names or record fields (ESC, CR, bidi characters must not act)
+        text = "\n".join(safe_text(line) for line in describe(exc).split("\n"))
+        print(f"edgeopt {args.command}: error: {text}", file=sys.stderr)
         return code
     return EXIT_USAGE
 

@@ -55,15 +55,30 @@ def check_regular_file(path: str | Path) -> None:
         raise ImageError(path, NOT_REGULAR)
 
 
+def open_regular(path: str | Path):
+    """A binary file object for a regular file. The file is opened non-blocking and checked on the open
+    descriptor, so a FIFO or device swapped in after the stat check is refused too, never waited on."""
+    check_regular_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ImageError(path, CORRUPT, exc.strerror or type(exc).__name__) from None
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise ImageError(path, NOT_REGULAR)
+    return fh
+
+
 def decode(path: str | Path, channels: int, size: int, resize: bool = True) -> np.ndarray:
     """Decode one image file into a uint8 (size, size, channels) array, exactly as `prepare` does."""
     from PIL import Image, UnidentifiedImageError
 
-    check_regular_file(path)
+    fh = open_regular(path)
     try:
-        with warnings.catch_warnings():
+        with fh, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(fh) as im:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise ImageError(path, BOMB, f"{w}x{h} pixels > {MAX_PIXELS:,}")

@@ -6,14 +6,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edgeopt.registry import CHANNEL_PATTERN, NAME_PATTERN
+from edgeopt.runtime import BENCH_LIMITS
 
 Arch = Literal["small_cnn", "resnet18", "resnet34", "vgg16_bn", "mobilenet_v2"]
 Schedule = Literal["cosine", "step", "none"]
 QuantMode = Literal["ov_int8", "ov_int8_ac", "ort_int8_static", "ort_int8_dynamic", "ov_fp16"]
 OV_MODES = {"ov_int8", "ov_int8_ac", "ov_fp16"}
+MAX_SEED = 2**32 - 1  # numpy (np.random.seed) and scikit-learn random_state accept 0..2**32-1
+PATH_TEXT = r"^[^\x00-\x1f\x7f]+$"  # a path or name in params: non-empty, no NUL/newline/control characters
 ORT_MODES = {"ort_int8_static", "ort_int8_dynamic"}
 
 
@@ -22,25 +25,35 @@ class ParamsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` / `.nan` (YAML) or 1e999 would pass a bound like gt=0 and hang or poison a stage
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`epochs: true` is a typo, not 1 (pydantic would take a bool as an int)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class Data(_Section):
     source: Literal["digits", "cifar10", "imagefolder"] = "digits"
-    root: str = "data/raw/images"
+    root: str = Field("data/raw/images", pattern=PATH_TEXT, max_length=4096)
     download: bool = True
     image_size: int = Field(16, ge=8, le=512)
     channels: Literal[1, 3] = 1
     resize: bool = True
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    max_images_per_class: int = Field(0, ge=0)
+    max_images_per_class: int = Field(0, ge=0, le=10_000_000)
     test_root: str = Field("data/raw/test-images", min_length=1)  # a dvc.yaml dep (templated): always a path
     official_test: bool = True
 
 
 class Validate(_Section):
-    min_images_per_class: int = Field(20, ge=1)
+    min_images_per_class: int = Field(20, ge=1, le=10_000_000)
     max_class_imbalance: float = Field(3.0, ge=1.0)
     pixel_min: int = Field(0, ge=0, le=255)
     pixel_max: int = Field(255, ge=0, le=255)
@@ -60,14 +73,14 @@ class Optim(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=0.1)
     schedule: Schedule = "cosine"
-    step_size: int = Field(10, ge=1)
+    step_size: int = Field(10, ge=1, le=100_000)
     gamma: float = Field(0.1, gt=0, le=1)
     precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class Train(Optim):
     augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"
-    early_stopping_patience: int = Field(10, ge=0)
+    early_stopping_patience: int = Field(10, ge=0, le=1000)
     threads: int = Field(0, ge=0, le=256)
 
 
@@ -85,7 +98,7 @@ class Prune(_Section):
     global_pruning: bool = False
     iterative_steps: int = Field(1, ge=1, le=100)
     round_to: int = Field(8, ge=1, le=256)
-    protect: list[str] = Field(default_factory=lambda: ["first_conv", "classifier"])
+    protect: list[str] = Field(default_factory=lambda: ["first_conv", "classifier"], max_length=1000)
 
 
 class Finetune(Optim, KD):
@@ -96,14 +109,14 @@ class Cluster(_Section):
     enabled: bool = True
     n_clusters: int = Field(16, ge=2, le=256)
     fold_bn: bool = True
-    min_weights: int = Field(64, ge=1)
+    min_weights: int = Field(64, ge=1, le=1_000_000_000)
     finetune_epochs: int = Field(3, ge=0, le=1000)
     lr: float = Field(0.002, gt=0, le=10)
 
 
 class Sensitivity(_Section):
     enabled: bool = True
-    max_samples: int = Field(500, ge=0)
+    max_samples: int = Field(500, ge=0, le=10_000_000)
 
 
 class Quantize(_Section):
@@ -113,9 +126,9 @@ class Quantize(_Section):
     calibration_size: int = Field(300, ge=1, le=100000)
     preset: Literal["performance", "mixed"] = "mixed"
     max_drop: float = Field(0.01, ge=0, le=1)
-    keep_sensitive: int = Field(0, ge=0)
+    keep_sensitive: int = Field(0, ge=0, le=100_000)
     qat: bool = False
-    qat_epochs: int = Field(2, ge=1)
+    qat_epochs: int = Field(2, ge=1, le=1000)
     qat_lr: float = Field(0.001, gt=0, le=10)
 
 
@@ -129,15 +142,15 @@ class Distill(Optim, KD):
 
 
 class Target(_Section):
-    name: str = Field("cpu", min_length=1)
+    name: str = Field("cpu", pattern=PATH_TEXT, max_length=128)
     runtime: Literal["openvino", "onnxruntime", "any"] = "any"
-    device: str = "CPU"
+    device: str = Field("CPU", pattern=PATH_TEXT, max_length=128)
 
 
 class Export(_Section):
     opset: int = Field(17, ge=11, le=23)
-    parity_samples: int = Field(256, ge=1)
-    max_abs_diff: float = Field(1e-3, gt=0)
+    parity_samples: int = Field(256, ge=1, le=1_000_000)
+    max_abs_diff: float = Field(1e-3, gt=0, le=1e6)
     min_agreement: float = Field(0.99, ge=0, le=1)
     min_agreement_quantized: float = Field(0.9, ge=0, le=1)
 
@@ -146,12 +159,18 @@ class Evaluate(_Section):
     batch_size: int = Field(256, ge=1, le=65536)
 
 
+def _limit(key: str, default: float):
+    """A bench knob bounded by edgeopt.runtime.BENCH_LIMITS (the same limits the `edgeopt bench` flags get)."""
+    lo, hi = BENCH_LIMITS[key]
+    return Field(default, ge=lo, le=hi)
+
+
 class Bench(_Section):
-    threads: int = Field(1, ge=1, le=256)
-    streams: int = Field(1, ge=1, le=64)
-    warmup: int = Field(20, ge=0)
-    runs: int = Field(200, ge=1)
-    time_budget_s: float = Field(0.0, ge=0)
+    threads: int = _limit("threads", 1)
+    streams: int = _limit("streams", 1)
+    warmup: int = _limit("warmup", 20)
+    runs: int = _limit("runs", 200)
+    time_budget_s: float = _limit("time_budget_s", 0.0)
     rounds: int = Field(3, ge=1, le=20)
     max_spread: float = Field(3.0, gt=1, le=1000)
     retries: int = Field(2, ge=0, le=20)
@@ -161,14 +180,14 @@ class Bench(_Section):
 class Gate(_Section):
     max_accuracy_drop: float = Field(1.0, ge=0, le=100)
     latency_percentile: Literal["p50", "p90", "p99"] = "p90"
-    max_latency_ms: float = Field(5.0, gt=0)
-    max_size_bytes: int = Field(2_000_000, gt=0)
+    max_latency_ms: float = Field(5.0, gt=0, le=3_600_000)
+    max_size_bytes: int = Field(2_000_000, gt=0, le=2**50)
     rank_by: Literal["latency", "size", "accuracy"] = "latency"
     latency_tolerance: float = Field(0.05, ge=0, le=1)
 
 
 class Registry(_Section):
-    root: str = "registry"
+    root: str = Field("registry", pattern=PATH_TEXT, max_length=4096)
     model_name: str = Field("model", pattern=NAME_PATTERN)  # release names: no path traversal possible
     channel: str = Field("staging", pattern=CHANNEL_PATTERN)
     bump: Literal["major", "minor", "patch"] = "patch"
@@ -178,7 +197,7 @@ class Registry(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: Data = Data()
     validate_: Validate = Field(Validate(), alias="validate")
     model: Model = Model()
@@ -196,7 +215,7 @@ class Params(_Section):
     gate: Gate = Gate()
     registry: Registry = Registry()
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Params":
@@ -231,6 +250,8 @@ def _format_error(err: ValidationError, source: str) -> str:
             parent = ".".join(str(x) for x in e["loc"][:-1])
             allowed = _allowed_keys(parent)
             msg = f"unknown key; allowed keys{' in ' + parent if parent else ''}: {', '.join(allowed)}"
+        elif e["type"] == "string_pattern_mismatch" and (e.get("ctx") or {}).get("pattern") == PATH_TEXT:
+            msg = f"must be non-empty text without control characters (newline, tab, NUL) (got {e['input']!r})"
         elif "input" in e and e["type"] != "missing" and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  - {key}: {msg}")
@@ -252,8 +273,17 @@ def _allowed_keys(dotted: str) -> list[str]:
     return sorted((f.alias or n) for n, f in model.model_fields.items())
 
 
-def _coerce(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def _coerce(key: str, text: str) -> Any:
+    """An override's value parsed as YAML (`3` -> 3, `[a, b]` -> a list); a parse error names the key."""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        problem = ("nested too deeply" if isinstance(exc, RecursionError) else
+                   getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0])
+        raise ParamsError(f"override {key!r}: value {text[:80]!r} is not valid YAML ({problem}); "
+                          "write a number, true/false, a [list], or a quoted string") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
@@ -264,9 +294,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any] |
     for key, value in items:
         if value is None:
             raise ParamsError(f"override {key!r} has no value; write it as key=value, e.g. train.epochs=3")
-        value = _coerce(value) if isinstance(value, str) else value
+        value = _coerce(key, value) if isinstance(value, str) else value
         node = out
         parts = key.split(".")
+        if not all(parts):
+            raise ParamsError(f"override {key!r}: empty key part; write section.key=value, e.g. train.epochs=3")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

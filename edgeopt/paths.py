@@ -3,7 +3,28 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+
+class PathEscapeError(ValueError):
+    """A path named inside a record (manifest, candidates.json, gate report, ...) that is not a plain relative
+    path resolving inside the record's directory. Exit code 1 unless the caller maps it (gate/promote: 4)."""
+
+
+def confined(base: str | Path, rel: object, what: str = "path") -> Path:
+    """`base / rel`, refused unless `rel` is a relative path without '..' that resolves (symlinks followed)
+    inside `base`. Every path a record names goes through here before it is read, copied or run."""
+    if (not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel
+            or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts):
+        raise PathEscapeError(f"{what} {rel!r} refused: must be a relative path inside {base} "
+                              f"(no '..', no absolute path)")
+    root = os.path.realpath(base)
+    real = os.path.realpath(os.path.join(base, rel))
+    if real == root:
+        raise PathEscapeError(f"{what} {rel!r} refused: names {base} itself, not a file inside it")
+    if os.path.commonpath([root, real]) != root:
+        raise PathEscapeError(f"{what} {rel!r} refused: resolves to {real}, outside {base} (a symlink?)")
+    return Path(base) / rel
 
 
 @dataclass(frozen=True)

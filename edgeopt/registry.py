@@ -6,6 +6,9 @@ Layout::
     <root>/<model>/registry.json       the record: each release's manifest sha256, channels with history
     <root>/<model>/<version>/          one release: the shipped files + manifest.json (files read-only)
 
+A pulled copy holds the same files plus `.edgeopt-pull.json` (which release, which files): `pull` only ever
+replaces a directory holding that marker and nothing but the files it lists, so it never deletes a user's files.
+
 A release is written into a temporary sibling and renamed into place under the lock, and the record is
 replaced atomically afterwards, so readers never see a mixed entry. The record keeps the sha256 of each
 manifest, so a manifest edited after promotion is detected by `verify`, `pull` and channel moves.
@@ -13,6 +16,7 @@ manifest, so a manifest edited after promotion is detected by `verify`, `pull` a
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -24,14 +28,21 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from edgeopt.errors import RegistryError
-from edgeopt.io import atomic_dir, read_json, sha256_bytes, sha256_file, sha256_json, write_json
+from edgeopt.errors import RegistryError, safe_text
+from edgeopt.io import (JSONFileError, NotRegularFileError, exchange, fsync_dir, clean_stale_siblings,
+                        loads_strict, read_bytes_regular, sha256_bytes, sha256_file, sha256_json, temp_dir_next_to,
+                        to_jsonable, write_json)
+from edgeopt.paths import PathEscapeError, confined
 
 FORMAT = "edgeopt-registry/1"
 RELEASE_FORMAT = "edgeopt-release/1"
 MANIFEST = "manifest.json"
 RECORD = "registry.json"
 LOCK = ".lock"
+PULL_MARKER = ".edgeopt-pull.json"
+PULL_FORMAT = "edgeopt-pull/1"
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
+MAX_RECORD_BYTES = 16 << 20  # manifests and records are KB-sized: never read a giant one into memory
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 _SEMVER = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$", re.ASCII)  # no "1١.0.0"
@@ -68,6 +79,43 @@ def check_file_name(rel: str) -> str:
         raise RegistryError(f"file name {rel!r} refused: release files must be relative paths of plain names "
                             f"(no '..', no absolute paths)")
     return rel
+
+
+def load_json_doc(path: Path, what: str) -> Any:
+    """A registry JSON file (manifest, record, pull marker): regular file, <= 16 MiB, no duplicate keys."""
+    try:
+        return loads_strict(read_bytes_regular(path, MAX_RECORD_BYTES))
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: {what} missing") from None
+    except (JSONFileError, NotRegularFileError) as exc:
+        raise RegistryError(f"{path}: {what} unreadable ({exc})") from None
+
+
+def check_record(doc: Any, model: str, path: Path) -> dict[str, Any]:
+    """A registry record with the expected shape, else RegistryError naming what is wrong (hand-edited?)."""
+    def bad(what: str) -> RegistryError:
+        return RegistryError(f"{path}: registry record malformed ({what}); restore it from version control or "
+                             f"a backup (registry.json edited?)")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("releases"), dict) or not isinstance(
+            doc.get("channels"), dict):
+        raise bad("expected an object with 'releases' and 'channels' objects")
+    if doc.get("model", model) != model:
+        raise bad(f"it is the record of model {doc.get('model')!r}")
+    for version, rel in doc["releases"].items():
+        if not isinstance(version, str) or not _SEMVER.fullmatch(version):
+            raise bad(f"release key {version!r} is not a version")
+        if not isinstance(rel, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(rel.get("manifest_sha256"))):
+            raise bad(f"release {version}: no manifest_sha256")
+    for channel, info in doc["channels"].items():
+        if not isinstance(channel, str) or not re.fullmatch(CHANNEL_PATTERN, channel):
+            raise bad(f"channel key {channel!r} is not a channel name")
+        history = info.get("history") if isinstance(info, dict) else None
+        if not isinstance(history, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("version"), str) and _SEMVER.fullmatch(e["version"])
+                for e in history):
+            raise bad(f"channel {channel}: history must be a list of entries with a version")
+    return doc
 
 
 def semver_key(version: str) -> tuple[int, int, int]:
@@ -130,36 +178,97 @@ def channel_stack(history: list[dict]) -> list[str]:
     return stack
 
 
-def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None) -> list[str]:
-    """Problems of a release directory against its manifest (and against the recorded manifest hash)."""
+def _inside(d: Path, rel: str) -> Path:
+    """d / rel for a release file: a plain name (check_file_name), no symlink on the way, resolving inside d."""
+    check_file_name(rel)
+    try:
+        f = confined(d, rel, "file")
+    except PathEscapeError as exc:
+        raise RegistryError(str(exc)) from None
+    parts = PurePosixPath(rel).parts
+    for i in range(1, len(parts)):  # a symlinked directory inside the release could be re-pointed later
+        if (d.joinpath(*parts[:i])).is_symlink():
+            raise RegistryError(f"file {rel!r} refused: {'/'.join(parts[:i])} is a symbolic link")
+    return f
+
+
+def read_manifest(d: Path) -> tuple[bytes, dict[str, Any]]:
+    """(raw bytes, manifest) of a release directory; RegistryError when it is missing or malformed."""
+    mpath = d / MANIFEST
+    if mpath.is_symlink() or not mpath.is_file():
+        raise RegistryError(f"{mpath}: manifest missing (or not a regular file)")
+    try:
+        raw = read_bytes_regular(mpath, MAX_RECORD_BYTES)
+        manifest = loads_strict(raw)
+    except (JSONFileError, NotRegularFileError) as exc:
+        raise RegistryError(f"{mpath}: manifest unreadable ({exc})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                                              for v in files.values()):
+        raise RegistryError(f"{mpath}: manifest unreadable or without 'files' (an object of file name -> sha256)")
+    return raw, manifest
+
+
+def read_pull_marker(d: Path) -> dict[str, Any] | None:
+    """The marker `pull` leaves in a pulled copy, or None (absent or malformed: then not an earlier pull)."""
+    path = d / PULL_MARKER
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        doc = load_json_doc(path, "pull marker")
+    except RegistryError:
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != PULL_FORMAT or not isinstance(doc.get("files"), list):
+        return None
+    try:
+        for rel in doc["files"]:
+            check_file_name(rel)
+    except RegistryError:
+        return None
+    return doc
+
+
+def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pulled: bool = False) -> list[str]:
+    """Problems of a release directory against its manifest (and against the recorded manifest hash).
+
+    pulled: a copy made by `pull`: its marker file is expected, and the manifest hash it recorded is checked when
+    no `manifest_sha256` is given.
+    """
     d = Path(release_dir)
     mpath = d / MANIFEST
-    if not mpath.is_file():
-        return [f"{mpath}: manifest missing"]
-    raw = mpath.read_bytes()
-    problems = []
-    if manifest_sha256 and sha256_bytes(raw) != manifest_sha256:
-        problems.append(f"{mpath}: manifest edited after promotion (sha256 differs from the registry record)")
     try:
-        manifest = json.loads(raw)
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError):
-        return problems + [f"{mpath}: manifest unreadable or without 'files'"]
+        raw, manifest = read_manifest(d)
+    except RegistryError as exc:
+        return [str(exc)]
+    problems = []
+    marker = read_pull_marker(d) if pulled else None
+    if manifest_sha256 is None and marker is not None and isinstance(marker.get("manifest_sha256"), str):
+        manifest_sha256 = marker["manifest_sha256"]
+        if sha256_bytes(raw) != manifest_sha256:
+            problems.append(f"{mpath}: manifest edited after the pull (sha256 differs from {PULL_MARKER})")
+    elif manifest_sha256 and sha256_bytes(raw) != manifest_sha256:
+        problems.append(f"{mpath}: manifest edited after promotion (sha256 differs from the registry record)")
+    files = manifest["files"]
     for rel, info in files.items():
         try:
             check_file_name(rel)
+            f = d / rel
+            if f.is_symlink() or not f.is_file():
+                problems.append(f"{f}: missing (or not a regular file)")
+                continue
+            _inside(d, rel)
         except RegistryError as exc:
-            problems.append(f"{mpath}: {exc}")
+            problems.append(f"{mpath}: {safe_text(exc)}")
             continue
-        f = d / rel
-        if f.is_symlink() or not f.is_file():
-            problems.append(f"{f}: missing (or not a regular file)")
-        elif sha256_file(f) != info.get("sha256"):
+        if sha256_file(f) != info["sha256"]:
             problems.append(f"{f}: content changed (sha256 differs from the manifest)")
-    known = set(files) | {MANIFEST}
-    for f in sorted(p for p in d.rglob("*") if p.is_file() or p.is_symlink()):
+    primary = manifest.get("primary")
+    if "primary" in manifest and (not isinstance(primary, str) or primary not in files):
+        problems.append(f"{mpath}: primary file {primary!r} is not one of the verified files of the release")
+    known = set(files) | {MANIFEST} | ({PULL_MARKER} if pulled and (d / PULL_MARKER).is_file() else set())
+    for f in sorted(p for p in d.rglob("*") if not p.is_dir() or p.is_symlink()):
         if f.relative_to(d).as_posix() not in known:
-            problems.append(f"{f}: unexpected file, not in the manifest")
+            problems.append(f"{safe_text(f)}: unexpected file, not in the manifest")
     return problems
 
 
@@ -180,18 +289,21 @@ class Registry:
 
     # --- reading -------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
+        """Models with a record, and those with only release directories (a first promotion interrupted
+        between publishing its directory and writing the record: `verify` must still see it)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / RECORD).is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if re.fullmatch(NAME_PATTERN, p.name) and p.is_dir() and not p.is_symlink()
+                      and ((p / RECORD).exists() or any(_SEMVER.fullmatch(c.name) for c in p.iterdir())))
 
     def record(self, model: str) -> dict[str, Any]:
         path = self.root / check_name(model) / RECORD
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return {"format": FORMAT, "model": model, "releases": {}, "channels": {}}
-        try:
-            return read_json(path, "registry record")
-        except ValueError as exc:
-            raise RegistryError(str(exc)) from None
+        if path.is_symlink():
+            raise RegistryError(f"{path}: registry record is a symbolic link (replaced?); restore the file")
+        return check_record(load_json_doc(path, "registry record"), model, path)
 
     def versions(self, model: str) -> list[str]:
         """Recorded versions plus any release directory on disk (so a half-recorded one is never reused)."""
@@ -229,16 +341,17 @@ class Registry:
         return self.root / check_name(model) / check_version(version)
 
     def manifest(self, model: str, version: str) -> dict[str, Any]:
-        try:
-            return read_json(self.release_dir(model, version) / MANIFEST, "release manifest")
-        except (FileNotFoundError, ValueError) as exc:
-            raise RegistryError(str(exc)) from None
+        return read_manifest(self.release_dir(model, version))[1]
 
     def verify(self, model: str | None = None, version: str | None = None) -> list[str]:
         """Every problem found (empty: all releases intact and matching the record)."""
         problems: list[str] = []
         for m in [check_name(model)] if model else self.models():
-            record = self.record(m)
+            try:
+                record = self.record(m)
+            except RegistryError as exc:
+                problems.append(str(exc))
+                continue
             releases = record["releases"]
             for v in [version] if version else self.versions(m):
                 if v not in releases:
@@ -247,6 +360,10 @@ class Registry:
                                     else f"{m}@{v}: no such release")
                     continue
                 d = self.release_dir(m, v)
+                if d.is_symlink():
+                    problems.append(f"{d}: release directory is a symbolic link (replaced?); releases are "
+                                    f"directories of the registry")
+                    continue
                 if not d.is_dir():
                     problems.append(f"{d}: release directory missing")
                     continue
@@ -295,6 +412,11 @@ class Registry:
             version = check_version(version)
         for rel in files:
             check_file_name(rel)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("lineage", {}), dict):
+            raise RegistryError(f"{model}: manifest must be an object (and its lineage an object)")
+        if "primary" in manifest and (not isinstance(manifest["primary"], str) or manifest["primary"] not in files):
+            raise RegistryError(f"{model}: primary file {manifest['primary']!r} is not one of the release files "
+                                f"{sorted(files)}")
         by = by or actor()
         with self.locked():
             content = {rel: sha256_file(src) for rel, src in sorted(files.items())}
@@ -327,9 +449,12 @@ class Registry:
             manifest["files"] = {rel: {"sha256": h, "bytes": Path(files[rel]).stat().st_size}
                                  for rel, h in content.items()}
             manifest["content_sha256"] = sha256_json(content)
-            raw = (json.dumps(manifest, indent=2) + "\n").encode()
+            raw = (json.dumps(to_jsonable(manifest), indent=2, allow_nan=False) + "\n").encode()  # strict JSON
             final = self.release_dir(model, version)
             final.parent.mkdir(parents=True, exist_ok=True)
+            if final.parent.is_symlink() or final.parent.resolve().parent != self.root.resolve():
+                raise RegistryError(f"{final.parent}: model directory is a symbolic link out of the registry "
+                                    f"{self.root}; refusing to write through it")
             for leftover in final.parent.glob(".incoming-*"):  # we hold the lock: its writer died mid-copy
                 shutil.rmtree(leftover, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
@@ -356,7 +481,11 @@ class Registry:
             record["releases"][version] = {"manifest_sha256": sha256_bytes(raw),
                                            "content_sha256": manifest["content_sha256"],
                                            "created": manifest["created"], "by": by}
-            write_json(self.root / model / RECORD, record)
+            try:
+                write_json(self.root / model / RECORD, record)
+            except BaseException:  # disk full, read-only...: no release without its record (a kill still can)
+                shutil.rmtree(final, ignore_errors=True)
+                raise
             return {"model": model, "version": version, "created": True, "path": final,
                     "manifest_sha256": sha256_bytes(raw), "note": None}
 
@@ -395,20 +524,141 @@ class Registry:
             return self.point(model, channel, stack[-2], by=by, action="rollback")
 
     def pull(self, ref: str, dest: str | Path) -> dict[str, Any]:
-        """Copy a verified release to `dest` (a new/empty directory or an earlier pull) and check the copy."""
+        """Copy a verified release to `dest`: a new or empty directory, or an earlier pull (its marker lists
+        every file in it). Anything else is refused: pull never deletes what it did not create, never writes
+        inside the registry, never follows a symlinked destination. The copy is verified before it replaces
+        `dest` in one rename, and gets the user's umask."""
         model, version = self.resolve(ref)
         record = self.record(model)
+        sha = record["releases"][version]["manifest_sha256"]
         src = self.release_dir(model, version)
-        problems = verify_dir(src, record["releases"][version]["manifest_sha256"])
+        problems = verify_dir(src, sha)
         if problems:
             raise RegistryError(f"{model}@{version} fails verification, not pulled: " + "; ".join(problems))
         dest = Path(dest)
-        if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST).exists())):
-            raise RegistryError(f"{dest}: exists and is not an earlier pull; choose a new or empty directory")
+        self._check_destination(dest)
         files = list(self.manifest(model, version)["files"])
-        with atomic_dir(dest) as tmp:
-            copy_release(src, files, tmp)
-            problems = verify_dir(tmp, record["releases"][version]["manifest_sha256"])
-            if problems:
-                raise RegistryError(f"copy of {model}@{version} is corrupt: " + "; ".join(problems))
-        return {"model": model, "version": version, "path": dest, "files": len(files) + 1}
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _pull_lock(dest, self.lock_timeout):  # two pulls into one directory: one after the other
+            self._check_destination(dest)
+            stage = temp_dir_next_to(dest)
+            try:
+                copy_release(src, files, stage)
+                marker = {"format": PULL_FORMAT, "release": f"{model}@{version}", "model": model,
+                          "version": version, "manifest_sha256": sha, "files": [MANIFEST, *files],
+                          "registry": str(self.root.resolve()), "pulled": now_iso(), "by": actor()}
+                (stage / PULL_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+                problems = verify_dir(stage, sha, pulled=True)
+                if problems:
+                    raise RegistryError(f"copy of {model}@{version} is corrupt: " + "; ".join(problems))
+                old = self._install(stage, dest)
+            except BaseException as exc:
+                shutil.rmtree(stage, ignore_errors=True)
+                if isinstance(exc, OSError) and exc.errno in _WRITE_ERRORS:  # name the destination, not the temp copy
+                    raise type(exc)(exc.errno, exc.strerror, str(dest)) from exc
+                raise
+            kept = _remove_earlier_pull(old, dest) if old is not None else None
+            clean_stale_siblings(dest)
+        return {"model": model, "version": version, "path": dest, "files": len(files) + 1, "kept": kept}
+
+    def _check_destination(self, dest: Path) -> None:
+        """Refuse a destination pull must not replace (see `pull`)."""
+        if dest.is_symlink():
+            raise RegistryError(f"{dest}: is a symbolic link; pull into a real directory (the link and its target "
+                                f"are left alone)")
+        real, root = Path(os.path.realpath(dest)), Path(os.path.realpath(self.root))
+        if real == root or root in real.parents or real in root.parents:
+            raise RegistryError(f"{dest}: {'inside' if root in real.parents or real == root else 'holds'} the "
+                                f"registry {self.root}; pull to a directory outside it")
+        if not dest.exists():
+            return
+        if not dest.is_dir():
+            raise RegistryError(f"{dest}: exists and is not a directory; choose a new or empty directory")
+        owner = dest.stat().st_uid
+        if owner != os.geteuid():
+            raise RegistryError(f"{dest}: owned by another user (uid {owner}); pull into a directory you own")
+        if not any(dest.iterdir()):
+            return
+        marker = read_pull_marker(dest)
+        if marker is None:
+            raise RegistryError(f"{dest}: not empty and not an earlier pull (no valid {PULL_MARKER}); pull never "
+                                f"replaces a directory it did not create: choose a new or empty directory")
+        listed = set(marker["files"]) | {PULL_MARKER}
+        parents = {PurePosixPath(f).parent.as_posix() for f in listed} - {"."}
+        parents |= {PurePosixPath(p).parents[i].as_posix() for p in parents
+                    for i in range(len(PurePosixPath(p).parents) - 1)}
+        foreign = []
+        for p in sorted(dest.rglob("*")):
+            rel = p.relative_to(dest).as_posix()
+            is_dir = p.is_dir() and not p.is_symlink()
+            regular = p.is_file() and not p.is_symlink()
+            if not ((is_dir and rel in parents) or (regular and rel in listed)):
+                foreign.append(safe_text(rel))
+        if foreign:
+            raise RegistryError(f"{dest}: holds {len(foreign)} file(s) pull did not create "
+                                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them "
+                                f"away or choose another directory")
+
+    def _install(self, stage: Path, dest: Path) -> Path | None:
+        """Put the verified copy at `dest`; returns where the replaced earlier pull now is (None: nothing)."""
+        for _ in range(10):  # another pull may create dest meanwhile: look again
+            if not dest.exists() and not dest.is_symlink():
+                try:
+                    os.rename(stage, dest)  # atomic; refused when a non-empty dest appeared meanwhile
+                    fsync_dir(dest.parent)
+                    return None
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    continue
+            self._check_destination(dest)  # again, right before replacing it
+            if exchange(stage, dest):
+                fsync_dir(dest.parent)
+                return stage
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.rename(dest, old)
+            try:
+                os.rename(stage, dest)
+            except BaseException:
+                os.rename(old, dest)  # put the earlier pull back
+                raise
+            return old
+        raise RegistryError(f"{dest}: keeps changing while pulling (another pull into it?); retry")
+
+
+@contextlib.contextmanager
+def _pull_lock(dest: Path, timeout: float) -> Iterator[None]:
+    """A lock file next to `dest` (`.<name>.pull.lock`, kept: removing a lock file races with its next user)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(dest.with_name(f".{dest.name}.pull.lock")), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RegistryError(f"{dest}: another pull into it holds {lock.lock_file} for {timeout:.0f} s; retry "
+                            f"later") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _remove_earlier_pull(old: Path, dest: Path) -> str | None:
+    """Delete a replaced earlier pull: only the files its marker lists, then its empty directories. Anything
+    else (written into it while we pulled) is kept, renamed next to `dest`; returns that path then."""
+    marker = read_pull_marker(old)
+    for rel in (marker or {}).get("files", []) + [PULL_MARKER]:
+        f = old / rel
+        if f.is_symlink() or f.is_file():
+            with contextlib.suppress(OSError):
+                f.unlink()
+    for d in sorted((p for p in old.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    try:
+        old.rmdir()
+        return None
+    except OSError:
+        kept = dest.with_name(f"{dest.name}.kept-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
+        os.rename(old, kept)
+        return str(kept)

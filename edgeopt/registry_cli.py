@@ -52,7 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def registry_root(args: argparse.Namespace) -> Path:
-    if args.registry:
+    if args.registry is not None:
+        if not args.registry.strip():
+            from edgeopt.errors import RegistryError
+
+            raise RegistryError("--registry '' refused: give the registry directory (an empty path would be the "
+                                "current directory)")
         return Path(args.registry)
     from edgeopt.paths import Paths
 
@@ -69,7 +74,18 @@ def _params(args: argparse.Namespace):
 
 
 def _out(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    """JSON (control characters escaped by json) or text, each line escaped: manifest fields and file names
+    come from files anyone with write access could craft (a newline or ESC must not forge terminal output)."""
+    from edgeopt.errors import safe_text
+    from edgeopt.io import to_jsonable
+
+    print(json.dumps(to_jsonable(data), indent=2, default=str, allow_nan=False) if args.json else
+          "\n".join(safe_text(line) for line in text.split("\n")))
+
+
+def _obj(value: Any) -> dict:
+    """A manifest field that should be an object; anything else (hand-edited manifest) shows as empty."""
+    return value if isinstance(value, dict) else {}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     from edgeopt.registry import Registry, actor, verify_dir
 
     if args.action == "verify" and args.dir:
-        problems = verify_dir(args.dir)
+        problems = verify_dir(args.dir, pulled=True)
         return _report_problems(args, problems, f"{args.dir}: all files match the manifest")
     reg = Registry(registry_root(args))
     if args.action == "list":
@@ -95,14 +111,15 @@ def main(args: argparse.Namespace) -> int:
         return _promote(args, reg)
     if args.action == "pull":
         res = reg.pull(args.ref, args.to)
-        _out(args, res, f"pulled {res['model']}@{res['version']} to {res['path']} ({res['files']} files verified)")
+        _out(args, res, f"pulled {res['model']}@{res['version']} to {res['path']} ({res['files']} files verified)"
+             + (f"; files written into the earlier pull meanwhile were kept in {res['kept']}" if res["kept"] else ""))
         return 0
     if args.action == "verify":
         model, version = (None, None)
         if args.ref:
             model, version = reg.resolve(args.ref) if "@" in args.ref else (args.ref, None)
         problems = reg.verify(model, version)
-        n = sum(len(reg.versions(m)) for m in ([model] if model else reg.models())) if not version else 1
+        n = 0 if problems else 1 if version else sum(len(reg.versions(m)) for m in ([model] if model else reg.models()))
         return _report_problems(args, problems, f"{reg.root}: {n} release(s) verified, all files and manifests intact")
     if args.action == "rollback":
         res = reg.rollback(args.model, args.channel, by=actor("edgeopt registry rollback"))
@@ -114,10 +131,12 @@ def main(args: argparse.Namespace) -> int:
 def _report_problems(args: argparse.Namespace, problems: list[str], ok_text: str) -> int:
     from edgeopt.errors import RegistryError
 
+    from edgeopt.errors import safe_text
+
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
     for p in problems:
-        print(f"  {p}", file=sys.stderr)
+        print(f"  {safe_text(p)}", file=sys.stderr)
     if problems:
         raise RegistryError(f"verification failed: {len(problems)} problem(s) (listed above)")
     if not args.json:
@@ -157,6 +176,7 @@ def _promote(args: argparse.Namespace, reg) -> int:
 
 
 def _list(args: argparse.Namespace, reg) -> int:
+    from edgeopt.errors import RegistryError, safe_text
     from edgeopt.registry import semver_key
 
     data, lines = [], []
@@ -166,37 +186,42 @@ def _list(args: argparse.Namespace, reg) -> int:
         for version in sorted(record["releases"], key=semver_key):
             try:
                 m = reg.manifest(model, version)
-            except Exception as exc:  # listed anyway; `verify` says what is wrong
+            except RegistryError as exc:  # listed anyway; `verify` says what is wrong
                 m = {"error": str(exc)}
-            row = {"release": f"{model}@{version}", "created": record["releases"][version]["created"],
+            row = {"release": f"{model}@{version}", "created": record["releases"][version].get("created"),
                    "candidate": m.get("candidate"), "runtime": m.get("runtime"),
-                   "accuracy": (m.get("metrics") or {}).get("accuracy"),
-                   "latency_ms": {k: v for k, v in (m.get("latency") or {}).items() if k in ("p50_ms", "p90_ms")},
+                   "accuracy": _obj(m.get("metrics")).get("accuracy"),
+                   "latency_ms": {k: v for k, v in _obj(m.get("latency")).items() if k in ("p50_ms", "p90_ms")},
                    "channels": sorted(c for c, v in pointers.items() if v == version)}
             data.append(row)
             lat = row["latency_ms"].get("p90_ms")
-            lines.append(f"{row['release']:32s} {row['created']:21s} {str(row['candidate']):28s} "
+            lines.append(safe_text(f"{row['release']:32s} {str(row['created']):21s} {str(row['candidate']):28s} "
                          f"{str(row['runtime']):12s} acc {row['accuracy'] if row['accuracy'] is not None else '-'}  "
-                         f"p90 {lat if lat is not None else '-'} ms  {' '.join(row['channels'])}")
+                         f"p90 {lat if lat is not None else '-'} ms  {' '.join(row['channels'])}"))
     _out(args, data, "\n".join(lines) if lines else f"{reg.root}: no releases")
     return 0
 
 
 def _show_text(model: str, version: str, m: dict, channels: list[str], problems: list[str]) -> str:
-    inp, lat, met = m.get("input", {}), m.get("latency", {}), m.get("metrics", {})
-    git = m.get("lineage", {}).get("git", {})
+    inp, lat, met = _obj(m.get("input")), _obj(m.get("latency")), _obj(m.get("metrics"))
+    lineage = _obj(m.get("lineage"))
+    git = _obj(lineage.get("git"))
+    stages = m.get("stages") if isinstance(m.get("stages"), list) else []
+    classes = m.get("classes") if isinstance(m.get("classes"), list) else []
     lines = [f"{model}@{version}  ({', '.join(channels) or 'no channel'})",
              f"  candidate  {m.get('candidate')}  [{m.get('runtime')}, {m.get('precision')}]  stages "
-             f"{' > '.join(m.get('stages', []))}",
+             f"{' > '.join(map(str, stages))}",
              f"  accuracy   {met.get('accuracy')} % (drop {met.get('drop')} pt) on {met.get('images')} "
              f"{met.get('split')} images",
              f"  latency    p50 {lat.get('p50_ms')} ms, p90 {lat.get('p90_ms')} ms on "
-             f"{(lat.get('hardware') or {}).get('cpu')} ({(lat.get('profile') or {}).get('name')})",
+             f"{_obj(lat.get('hardware')).get('cpu')} ({_obj(lat.get('profile')).get('name')})",
              f"  input      {inp.get('shape')} {inp.get('layout')} {inp.get('dtype')} {inp.get('color_order')}, "
              f"mean {inp.get('mean')}, std {inp.get('std')}",
-             f"  classes    {', '.join(map(str, m.get('classes', [])))}",
+             f"  classes    {', '.join(map(str, classes))}",
              f"  lineage    git {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}, parent "
-             f"{m.get('lineage', {}).get('parent')}, created {m.get('created')} by {m.get('created_by')}",
-             "  files      " + ", ".join(f"{k} ({v['bytes']} B)" for k, v in m.get("files", {}).items()),
+             f"{lineage.get('parent')}, created {m.get('created')} by {m.get('created_by')}",
+             "  files      " + ", ".join(f"{k} ({_obj(v).get('bytes')} B)" for k, v in _obj(m.get("files")).items()),
              "  verified   " + ("ok" if not problems else "FAILED: " + "; ".join(problems))]
-    return "\n".join(lines)
+    from edgeopt.errors import safe_text
+
+    return "\n".join(safe_text(line) for line in lines)  # per line: a newline inside a field stays escaped

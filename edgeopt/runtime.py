@@ -10,6 +10,7 @@ are imported lazily: a device may have only one of them installed.
 from __future__ import annotations
 
 import functools
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,31 @@ FORMATS = {"onnxruntime": "onnx", "openvino": "openvino_ir"}
 SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".xml": "openvino"}
 
 
+# Bench settings a run can finish with; params.yaml `bench` and the `edgeopt bench` flags share them.
+BENCH_LIMITS: dict[str, tuple[float, float]] = {"threads": (1, 256), "streams": (1, 64), "warmup": (0, 10_000),
+                                                "runs": (1, 100_000), "time_budget_s": (0.0, 3600.0)}
+
+
 class RuntimeModelError(RuntimeError):
     """A model file that cannot be loaded or run; the message names the file and what to do. Exit code 1."""
+
+
+class BenchSettingsError(ValueError):
+    """Bench settings no run can finish with (no runs, an infinite budget, ...). Exit code 2."""
+
+
+def check_bench_settings(**settings: Any) -> None:
+    """Refuse settings outside BENCH_LIMITS (integers, except the time budget) before anything is timed."""
+    bad = []
+    for key, value in settings.items():
+        lo, hi = BENCH_LIMITS[key]
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        whole = key == "time_budget_s" or isinstance(value, (int, np.integer))
+        if not (number and whole and math.isfinite(value) and lo <= value <= hi):
+            bad.append(f"{key}={value!r} (allowed: {'' if key == 'time_budget_s' else 'integer '}{lo:g}..{hi:g})")
+    if bad:
+        raise BenchSettingsError(f"bench settings refused: {', '.join(bad)}; set them with --threads/--streams/"
+                                 "--warmup/--runs/--time-budget, or bench.* in params.yaml")
 
 
 def runtime_for(path: str | Path) -> str:
@@ -241,6 +265,7 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, runs: int, time_budget_s: 
     Milliseconds; throughput is sequential (one request at a time)."""
     import time
 
+    check_bench_settings(warmup=warmup, runs=runs, time_budget_s=time_budget_s)
     for _ in range(warmup):
         fn()
     times: list[float] = []
@@ -281,6 +306,7 @@ def bench_report(targets: list[BenchTarget], *, profile: str, threads: int = 1, 
     """
     from edgeopt.io import sha256_file
 
+    check_bench_settings(threads=threads, streams=streams, warmup=warmup, runs=runs, time_budget_s=time_budget_s)
     results: dict[str, Any] = {}
     for t in targets:
         entry: dict[str, Any] = {"runtime": t.runtime, "file": str(t.path)}
@@ -319,6 +345,7 @@ def targets_from_candidates(candidates_json: str | Path, runtimes: tuple[str, ..
     Returns (targets, skipped) where skipped maps candidate name -> reason (failed at export, runtime excluded).
     """
     from edgeopt.io import read_json
+    from edgeopt.paths import PathEscapeError, confined
 
     path = Path(candidates_json)
     try:
@@ -326,8 +353,13 @@ def targets_from_candidates(candidates_json: str | Path, runtimes: tuple[str, ..
     except (FileNotFoundError, ValueError) as exc:
         raise RuntimeModelError(str(exc)) from None
     base = path.parent
+    cands = doc.get("candidates") if isinstance(doc, dict) else None
+    if not isinstance(cands, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in cands):
+        raise RuntimeModelError(f"{path}: 'candidates' must be a list of objects with a 'name'; re-export or pull "
+                                "the candidates file again")
+    inp = doc.get("input") if isinstance(doc.get("input"), dict) else {}
     targets, skipped = [], {}
-    for c in doc.get("candidates", []):
+    for c in cands:
         if c.get("status") != "ok":
             skipped[c["name"]] = {"runtime": c.get("runtime"), "status": "failed",
                                   "reason": f"not benchmarked: failed at export: {c.get('reason')}"}
@@ -335,9 +367,19 @@ def targets_from_candidates(candidates_json: str | Path, runtimes: tuple[str, ..
             skipped[c["name"]] = {"runtime": c.get("runtime"), "status": "skipped",
                                   "reason": f"runtime {c.get('runtime')!r} excluded by target.runtime"}
         else:
-            targets.append(BenchTarget(c["name"], base / c["primary"], c["runtime"],
-                                       expected_sha256=dict(c.get("sha256") or {}),
-                                       input_shape=(doc.get("input") or {}).get("shape")))
+            hashes = c.get("sha256") or {}
+            try:  # every file a record names must lie inside its directory (no '..', absolute path, symlink out)
+                if not isinstance(hashes, dict):
+                    raise PathEscapeError(f"candidate {c['name']!r}: 'sha256' must map file names to hashes")
+                primary = confined(base, c.get("primary"), f"candidate {c['name']!r}: primary file")
+                for rel in hashes:
+                    confined(base, rel, f"candidate {c['name']!r}: file")
+            except PathEscapeError as exc:
+                skipped[c["name"]] = {"runtime": c.get("runtime"), "status": "failed",
+                                      "reason": f"not benchmarked: {exc}"}
+                continue
+            targets.append(BenchTarget(c["name"], primary, c["runtime"], expected_sha256=dict(hashes),
+                                       input_shape=inp.get("shape")))
     return targets, skipped
 
 

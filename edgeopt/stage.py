@@ -177,7 +177,7 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from edgeopt.errors import exit_code_for
+    from edgeopt.errors import describe, exit_code_for, safe_text
     from edgeopt.params import load_params
 
     name = getattr(fn, "stage_name", fn.__name__)
@@ -197,7 +197,7 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
         code = exit_code_for(exc)
         if code is None:
             raise
-        print(f"edgeopt {name}: error: {exc}", file=sys.stderr)
+        print(f"edgeopt {name}: error: {safe_text(describe(exc))}", file=sys.stderr)
         return code
     summary = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
     print(json.dumps({"stage": name, **summary}, default=str))

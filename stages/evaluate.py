@@ -17,7 +17,7 @@ from edgeopt.accuracy import accuracy_in_runtime, anon_rss_mb
 from edgeopt.arrays import load_meta, open_split
 from edgeopt.io import gzip_size, read_json, sha256_file
 from edgeopt.params import Params
-from edgeopt.paths import Paths
+from edgeopt.paths import PathEscapeError, Paths, confined
 from edgeopt.runtime import RuntimeModelError, load_model
 from edgeopt.stage import StageError, stage
 
@@ -25,8 +25,23 @@ log = logging.getLogger("edgeopt.evaluate")
 CARRIED = ("runtime", "precision", "params", "nonzero_params", "macs", "unique_weights", "sha256")
 
 
+def candidate_paths(exported: Path, cand: dict[str, Any]) -> tuple[list[Path], Path]:
+    """(files, primary) of a candidate, each confined to models/exported: a candidates.json naming '..', an
+    absolute path or a symlink out of the directory is refused (RuntimeModelError: that candidate fails)."""
+    try:
+        if not isinstance(cand.get("files"), list) or not isinstance(cand.get("sha256") or {}, dict):
+            raise PathEscapeError(f"candidate {cand.get('name')!r}: 'files' must be a list and 'sha256' an object")
+        files = [confined(exported, f, f"candidate {cand['name']!r}: file") for f in cand["files"]]
+        for rel in cand.get("sha256") or {}:
+            confined(exported, rel, f"candidate {cand['name']!r}: file")
+        primary = confined(exported, cand.get("primary"), f"candidate {cand['name']!r}: primary file")
+    except PathEscapeError as exc:
+        raise RuntimeModelError(f"{exported / 'candidates.json'}: {exc}; rerun `edgeopt export`") from None
+    return files, primary
+
+
 def _verify_files(exported: Path, cand: dict[str, Any]) -> None:
-    changed = sorted(rel for rel, h in cand["sha256"].items()
+    changed = sorted(rel for rel, h in (cand.get("sha256") or {}).items()
                      if not (exported / rel).is_file() or sha256_file(exported / rel) != h)
     if changed:
         raise RuntimeModelError(f"{exported}: files {changed} of {cand['name']} are missing or changed since "
@@ -39,22 +54,31 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         doc = read_json(paths.candidates, "candidates file")
     except (FileNotFoundError, ValueError) as exc:
         raise StageError(f"{exc}; run `edgeopt export` first") from None
+    cands = doc.get("candidates") if isinstance(doc, dict) else None
+    if not isinstance(cands, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in cands):
+        raise StageError(f"{paths.candidates}: 'candidates' must be a list of objects with a 'name'; rerun "
+                         f"`edgeopt export`")
     meta = load_meta(paths.prepared)
     images, labels = open_split(paths.prepared, "test")
     results: dict[str, Any] = {}
     start = peak = anon_rss_mb()
     growth = 0.0
-    for cand in doc["candidates"]:
+    for cand in cands:
         row = {k: cand.get(k) for k in CARRIED}
-        row.update(file_bytes=sum((paths.exported / f).stat().st_size for f in cand["files"]
-                                  if (paths.exported / f).is_file()),
-                   gzip_bytes=sum(gzip_size(paths.exported / f) for f in cand["files"] if (paths.exported / f).is_file()),
-                   accuracy=None, status=cand["status"], reason=cand.get("reason"))
-        if cand["status"] == "ok":
+        row.update(file_bytes=0, gzip_bytes=0, accuracy=None, status=cand.get("status"), reason=cand.get("reason"))
+        try:
+            files, primary = candidate_paths(paths.exported, cand)
+        except RuntimeModelError as exc:
+            if cand.get("status") == "ok":  # a failed export keeps its own reason
+                row.update(status="failed", reason=str(exc))
+            results[cand["name"]] = row
+            continue
+        row.update(file_bytes=sum(f.stat().st_size for f in files if f.is_file()),
+                   gzip_bytes=sum(gzip_size(f) for f in files if f.is_file()))
+        if cand.get("status") == "ok":
             try:
                 _verify_files(paths.exported, cand)
-                model = load_model(paths.exported / cand["primary"], runtime=cand["runtime"],
-                                   device=params.target.device)
+                model = load_model(primary, runtime=cand["runtime"], device=params.target.device)
                 t0, before = time.perf_counter(), anon_rss_mb()
                 row["accuracy"], top = accuracy_in_runtime(model, images, labels, meta["mean"], meta["std"],
                                                           params.evaluate.batch_size)
@@ -64,7 +88,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             except RuntimeModelError as exc:
                 row.update(status="failed", reason=str(exc))
         results[cand["name"]] = row
-    _add_drops(results, doc.get("baselines", {}))
+    _add_drops(results, doc["baselines"] if isinstance(doc.get("baselines"), dict) else {})
     for name, r in results.items():
         if r["status"] == "ok":
             log.info("%-30s %-12s acc %.2f%%  drop %s", name, r["runtime"], r["accuracy"], r["drop"])

@@ -13,6 +13,7 @@ refuse a hand-edited file.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from edgeopt import pareto
 from edgeopt.errors import GateNonePassError, StaleInputsError
 from edgeopt.io import read_json, sha256_file, sha256_json, write_json
 from edgeopt.params import Params
-from edgeopt.paths import Paths
+from edgeopt.paths import PathEscapeError, Paths, confined
 from edgeopt.stage import stage
 
 log = logging.getLogger("edgeopt.gate")
@@ -97,6 +98,96 @@ def check_candidate_sets(cands: list[dict], evaluate: dict, latency: dict, eval_
                                    f"{rel(paths.candidates, paths)} ({detail}); rerun it (`dvc repro`)")
 
 
+def check_shapes(cands_doc: dict, evaluate: dict, latency: dict, eval_path: Path, lat_path: Path,
+                 paths: Paths) -> None:
+    """The records must have the shapes the stages write (a list where an object is expected, a name twice, a
+    file list that is not a list of names): StaleInputsError naming the record, never a traceback."""
+    where = rel(paths.candidates, paths)
+    cands = cands_doc["candidates"]
+    if not isinstance(cands, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in cands):
+        raise StaleInputsError(f"{where}: 'candidates' must be a list of objects with a 'name'; rerun `edgeopt export`")
+    if not isinstance(cands_doc.get("baselines") or {}, dict):
+        raise StaleInputsError(f"{where}: 'baselines' must be an object of runtime -> candidate name; rerun "
+                               f"`edgeopt export`")
+    names = [c["name"] for c in cands]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise StaleInputsError(f"{where}: candidate name(s) {twice} appear twice (ambiguous); rerun `edgeopt export`")
+    for c in cands:
+        files = c.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or not isinstance(
+                c.get("sha256") or {}, (dict, str)):
+            raise StaleInputsError(f"{where}: candidate {c['name']!r}: 'files' must be a list of file names and "
+                                   f"'sha256' an object; rerun `edgeopt export`")
+    for doc, path in ((evaluate, eval_path), (latency, lat_path)):
+        entries = doc["candidates"]
+        if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+            raise StaleInputsError(f"{rel(path, paths)}: 'candidates' must be an object of candidate name -> "
+                                   f"measurement object; rerun the stage that writes it")
+
+
+def candidate_files(c: dict[str, Any], paths: Paths) -> list[Path]:
+    """The candidate's files, each confined to models/exported (no '..', absolute path or symlink out of it):
+    a record naming an outside file is tampering, not a measurement (exit 4)."""
+    try:
+        files = [confined(paths.exported, f, f"candidate {c['name']!r}: file") for f in c.get("files", [])]
+        if c.get("primary") is not None and c.get("primary") not in c.get("files", []):
+            raise PathEscapeError(f"candidate {c['name']!r}: primary file {c.get('primary')!r} is not one of its "
+                                  f"files")
+    except PathEscapeError as exc:
+        raise StaleInputsError(f"{rel(paths.candidates, paths)}: {exc}; rerun `edgeopt export` (edited?)") from None
+    if not files:
+        raise StaleInputsError(f"{rel(paths.candidates, paths)}: candidate {c['name']!r} lists no files; rerun "
+                               f"`edgeopt export`")
+    return files
+
+
+def _finite(value: Any) -> float | None:
+    """value as a float when it is a real, finite number (not a bool, string, list or NaN), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: str) -> list[str]:
+    """Reasons why the recorded measurements cannot be real: a latency, size or accuracy that is negative, zero,
+    infinite, NaN or not a number, percentiles out of order, a drop that contradicts the accuracies. Such a
+    candidate fails the gate with these reasons (it is never ranked)."""
+    out = []
+
+    def need(what: str, value: Any, ok, rule: str) -> float | None:
+        x = _finite(value)
+        if x is None or not ok(x):
+            out.append(f"impossible measurement: {what} = {value!r} ({rule})")
+            return None
+        return x
+
+    acc = need("evaluate accuracy", ev.get("accuracy"), lambda x: 0 < x <= 100, "an accuracy is a % in (0, 100]")
+    base = ev.get("baseline_accuracy")
+    if base is not None:
+        base = need("evaluate baseline_accuracy", base, lambda x: 0 < x <= 100, "an accuracy is a % in (0, 100]")
+    drop = ev.get("drop")
+    if drop is not None:
+        drop = need("evaluate drop", drop, lambda x: -100 <= x <= 100, "a drop is in -100..100 points")
+        if None not in (drop, acc, base) and abs(drop - (base - acc)) > 1e-3:
+            out.append(f"impossible measurement: evaluate drop {drop} != baseline_accuracy {base} - accuracy {acc}")
+    latency = {k: v for k, v in lat.items() if k.endswith("_ms")}
+    if f"{pct}_ms" in latency:
+        for key, value in latency.items():
+            latency[key] = need(f"latency {key}", value, lambda x: x > 0, "a latency is a finite number > 0 ms")
+        order = [latency.get(k) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms") if latency.get(k) is not None]
+        if order != sorted(order):
+            out.append(f"impossible measurement: latency percentiles out of order "
+                       f"(min <= p50 <= p90 <= p99 must hold: {order})")
+        for key in ("throughput_fps", "runs"):
+            if key in lat:
+                need(f"latency {key}", lat[key], lambda x: x > 0 and (key != "runs" or x == int(x)),
+                     "must be a finite number > 0" + (" (a whole count)" if key == "runs" else ""))
+    if size_bytes <= 0:
+        out.append(f"impossible measurement: size {size_bytes} B (the model files are empty)")
+    return out
+
+
 def gate_result(value: float, threshold: float) -> dict[str, Any]:
     return {"value": value, "threshold": threshold, "margin": round(threshold - value, 6), "passed": value <= threshold}
 
@@ -167,6 +258,7 @@ def rank_rows(rows: list[dict[str, Any]], rank_by: str, tolerance: float) -> lis
 
 def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, latency: dict,
                eval_path: Path, lat_path: Path) -> tuple[list[dict], dict[str, dict[str, str]]]:
+    check_shapes(cands_doc, evaluate, latency, eval_path, lat_path, paths)
     cands = cands_doc["candidates"]
     check_candidate_sets(cands, evaluate, latency, eval_path, lat_path, paths)
     baselines = set((cands_doc.get("baselines") or {}).values())
@@ -188,7 +280,7 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
         if c.get("runtime") not in allowed:
             row["reasons"] = [f"runtime {c.get('runtime')!r} excluded by target.runtime={params.target.runtime!r}"]
             continue
-        files = [paths.exported / f for f in c["files"]]
+        files = candidate_files(c, paths)
         missing = [rel(f, paths) for f in files if not f.is_file()]
         if missing:
             raise StaleInputsError(f"{missing}: files of candidate {name} missing; rerun `edgeopt export`")
@@ -211,13 +303,15 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
                 row["reasons"].append(f"{what}: {entry.get('reason') or entry.get('status')}")
         if row["reasons"]:
             continue
-        drop = ev.get("drop")
-        if drop is None and ev.get("baseline_accuracy") is not None and ev.get("accuracy") is not None:
-            drop = ev["baseline_accuracy"] - ev["accuracy"]
-        if ev.get("accuracy") is None or drop is None:
+        if ev.get("accuracy") is None or (ev.get("drop") is None and ev.get("baseline_accuracy") is None):
             raise StaleInputsError(f"{rel(eval_path, paths)}: no accuracy/drop for {name}; rerun `edgeopt evaluate`")
         if lat.get(f"{pct}_ms") is None:
             raise StaleInputsError(f"{rel(lat_path, paths)}: no {pct}_ms for {name}; rerun the benchmark")
+        bad = impossible(ev, lat, row["size_bytes"], pct)
+        if bad:  # never ranked: the numbers cannot describe a real run
+            row.update(verdict="fail", reasons=bad)
+            continue
+        drop = ev["drop"] if ev.get("drop") is not None else ev["baseline_accuracy"] - ev["accuracy"]
         row.update(accuracy=float(ev["accuracy"]), drop=round(float(drop), 6), latency_ms=float(lat[f"{pct}_ms"]))
         evaluate_gates(row, params)
     return rows, measured_all

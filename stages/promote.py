@@ -26,6 +26,8 @@ log = logging.getLogger("edgeopt.promote")
 
 def load_gate_report(paths: Paths) -> dict[str, Any]:
     """reports/gate.json, refused when missing, hand-edited (digest) or stale (inputs changed since)."""
+    from edgeopt.paths import PathEscapeError, confined
+
     path = paths.report("gate.json")
     try:
         report = read_json(path, "gate report")
@@ -33,14 +35,33 @@ def load_gate_report(paths: Paths) -> dict[str, Any]:
         raise StaleInputsError(f"{path}: gate report missing; run `edgeopt gate` first") from None
     except ValueError as exc:
         raise StaleInputsError(str(exc)) from None
+    if not isinstance(report, dict):
+        raise StaleInputsError(f"{path}: not a gate report (expected a JSON object); rerun `edgeopt gate`")
     body = {k: v for k, v in report.items() if k != "digest"}
     if report.get("digest") != sha256_json(body):
         raise StaleInputsError(f"{path}: digest does not match its content (edited by hand?); rerun `edgeopt gate`")
     if report.get("status") == "stale":
         raise StaleInputsError(f"{path}: the gate found stale inputs ({report.get('error')}); rerun `dvc repro`")
-    for name, digest in report.get("inputs", {}).items():
-        p = Path(name) if Path(name).is_absolute() else paths.root / name
-        if not p.is_file() or sha256_file(p) != digest:
+    # A forger can recompute the digest: every field used below must have the gate's shape, and every file it
+    # names must be one the gate reads (inside the project; the device report only where the gate took one).
+    inputs, src, rows = report.get("inputs"), report.get("latency_source") or {}, report.get("rows")
+    if (not isinstance(inputs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items())
+            or not isinstance(src, dict) or not isinstance(report.get("sha256"), dict)
+            or not all(isinstance(v, dict) for v in report["sha256"].values())
+            or not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str)
+                                                     and isinstance(r.get("reasons", []), list) for r in rows)
+            or not isinstance(report.get("passed", []), list)):
+        raise StaleInputsError(f"{path}: malformed gate report (edited by hand?); rerun `edgeopt gate`")
+    device = src.get("path") if src.get("device_report") else None
+    if device is not None and device not in inputs:
+        raise StaleInputsError(f"{path}: latency report {device!r} is not among the gate's inputs (edited by "
+                               f"hand?); rerun `edgeopt gate`")
+    for name, digest in inputs.items():
+        try:
+            p = Path(name) if name == device and Path(name).is_absolute() else confined(paths.root, name, "input")
+        except PathEscapeError as exc:
+            raise StaleInputsError(f"{path}: {exc} (edited by hand?); rerun `edgeopt gate`") from None
+        if not p.is_file() or sha256_file(p) != digest:  # is_file: never opens a FIFO or device
             raise StaleInputsError(f"{name}: changed or missing since the gate ran; rerun `edgeopt gate`")
     return report
 
@@ -84,13 +105,24 @@ def gate_row(report: dict[str, Any], candidate: str | None) -> dict[str, Any]:
 
 
 def release_files(row: dict[str, Any], measured: dict[str, str], paths: Paths) -> tuple[dict[str, Path], dict[str, str]]:
-    """{name in release: source}, {name in release: sha256 measured by the gate}; the candidate dir is dropped."""
+    """{name in release: source}, {name in release: sha256 measured by the gate}; the candidate dir is dropped.
+    Every file must lie inside models/exported (no '..', absolute path or symlink out): promote never copies an
+    outside file into a release."""
+    from edgeopt.paths import PathEscapeError, confined
+
+    if not isinstance(row.get("files"), list) or not row["files"]:
+        raise StaleInputsError(f"gate report: candidate {row.get('name')!r} lists no files; rerun `edgeopt gate`")
+    try:
+        sources = {PurePosixPath(f).as_posix(): confined(paths.exported, f, f"file of {row['name']}")
+                   for f in row["files"]}
+    except PathEscapeError as exc:
+        raise StaleInputsError(f"{exc}; rerun `edgeopt export` and `edgeopt gate`") from None
     files = [PurePosixPath(f) for f in row["files"]]
     common = PurePosixPath(os.path.commonpath([f.parent.as_posix() or "." for f in files]))
     out, expected = {}, {}
     for f in files:
         name = f.relative_to(common).as_posix() if common.as_posix() not in ("", ".") else f.as_posix()
-        src = paths.exported / f
+        src = sources[f.as_posix()]
         if not src.is_file():
             raise StaleInputsError(f"{src}: file of {row['name']} missing; rerun `dvc repro`")
         if sha256_file(src) != measured.get(f.as_posix()):

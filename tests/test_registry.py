@@ -128,8 +128,11 @@ def test_pull_copies_and_verifies_a_release(gated, tmp_path):
     promote(gated)
     res = run_cli(gated, "registry", "pull", f"{MODEL}@staging", "--to", str(tmp_path / "rel"))
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["manifest.json", "model.bin", "model.xml"]
-    assert verify_dir(tmp_path / "rel") == []
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == [".edgeopt-pull.json", "manifest.json",
+                                                                    "model.bin", "model.xml"]
+    marker = read_json(tmp_path / "rel" / ".edgeopt-pull.json")
+    assert (marker["release"], marker["files"]) == (f"{MODEL}@0.0.1", ["manifest.json", "model.bin", "model.xml"])
+    assert verify_dir(tmp_path / "rel", pulled=True) == []
     tamper(tmp_path / "rel" / "model.xml")
     res = run_cli(gated, "registry", "verify", "--dir", str(tmp_path / "rel"))
     assert res.returncode == 1 and "model.xml: content changed" in res.stderr
