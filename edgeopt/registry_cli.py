@@ -8,6 +8,8 @@ work on a device without params.yaml when `--registry DIR` is given.
     edgeopt registry pull digits-classifier@production --to release/
     edgeopt registry verify [digits-classifier[@1.2.0]] | --dir release/
     edgeopt registry rollback digits-classifier --channel production
+    edgeopt registry push [--remote NAME]        # share through the project's DVC remote
+    edgeopt registry fetch [--remote NAME]
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ACTIONS = ("list", "show", "promote", "pull", "verify", "rollback")
+ACTIONS = ("list", "show", "promote", "pull", "verify", "rollback", "push", "fetch")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="release the candidate selected in reports/gate.json (a no-op if identical to the latest)")
     s.add_argument("--candidate", help="with --from-gate: another candidate that passed the gate")
     s.add_argument("--version", help="with --from-gate: explicit version instead of registry.bump")
+    s.add_argument("--allow-regression", action="store_true", default=None,
+                   help="with --from-gate: release even when the channel's current release is more accurate")
     s = sub.add_parser("pull", parents=[common], help="copy a verified release to a directory")
     s.add_argument("ref", help="MODEL, MODEL@VERSION or MODEL@CHANNEL")
     s.add_argument("--to", required=True, metavar="DIR", help="destination (new, empty, or an earlier pull)")
@@ -49,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("rollback", parents=[common], help="move a channel back to its previous version")
     s.add_argument("model", help="model name")
     s.add_argument("--channel", required=True, help="channel to roll back, e.g. production")
+    for name, what in (("push", "copy releases and channel history to the project's DVC remote"),
+                       ("fetch", "copy the releases this registry lacks from the project's DVC remote, verified")):
+        s = sub.add_parser(name, parents=[common], help=what, description=what)
+        s.add_argument("--remote", help="DVC remote name (default: the project's default remote)")
 
 
 def registry_root(args: argparse.Namespace) -> Path:
@@ -121,6 +129,15 @@ def main(args: argparse.Namespace) -> int:
         problems = reg.verify(model, version)
         n = 0 if problems else 1 if version else sum(len(reg.versions(m)) for m in ([model] if model else reg.models()))
         return _report_problems(args, problems, f"{reg.root}: {n} release(s) verified, all files and manifests intact")
+    if args.action in ("push", "fetch"):
+        from edgeopt import registry_remote
+
+        fs, base = registry_remote.remote_location(Path(args.root), args.remote)
+        res = getattr(registry_remote, args.action)(reg, fs, base)
+        moved = [f"{m}@{v}" for m, vs in (res.get("pushed", res.get("fetched")) or {}).items() for v in vs]
+        _out(args, res, f"{args.action}ed {len(moved)} release(s){': ' + ', '.join(moved) if moved else ''} "
+                        f"({base}); records merged")
+        return 0
     if args.action == "rollback":
         res = reg.rollback(args.model, args.channel, by=actor("edgeopt registry rollback"))
         _out(args, res, f"{res['model']}@{res['channel']}: {res['previous']} -> {res['version']} (rolled back)")
@@ -158,6 +175,7 @@ def _promote(args: argparse.Namespace, reg) -> int:
         if args.registry:
             params.registry.root = str(Path(args.registry).resolve())
         res = promote_from_gate(params, Paths(Path(args.root)), channel=args.channel, candidate=args.candidate,
+                                allow_regression=args.allow_regression,
                                 version=args.version, via="edgeopt registry promote --from-gate")
         text = (f"{res['release']} {'created' if res['created'] else 'unchanged (identical content)'} from "
                 f"{res['candidate']}; {res['channel']} -> {res['version']}"
@@ -166,8 +184,8 @@ def _promote(args: argparse.Namespace, reg) -> int:
         return 0
     if not args.ref or not args.channel:
         raise RegistryError("promote needs MODEL@VERSION and --channel CHANNEL (or --from-gate)")
-    if args.candidate or args.version:
-        raise RegistryError("--candidate/--version apply with --from-gate only")
+    if args.candidate or args.version or args.allow_regression:
+        raise RegistryError("--candidate/--version/--allow-regression apply with --from-gate only")
     model, version = reg.resolve(args.ref)
     res = reg.point(model, args.channel, version, by=actor("edgeopt registry promote"))
     _out(args, res, f"{model}@{args.channel}: {res['previous']} -> {version}"
@@ -196,10 +214,15 @@ def _list(args: argparse.Namespace, reg) -> int:
             data.append(row)
             lat = row["latency_ms"].get("p90_ms")
             lines.append(safe_text(f"{row['release']:32s} {str(row['created']):21s} {str(row['candidate']):28s} "
-                         f"{str(row['runtime']):12s} acc {row['accuracy'] if row['accuracy'] is not None else '-'}  "
-                         f"p90 {lat if lat is not None else '-'} ms  {' '.join(row['channels'])}"))
+                         f"{str(row['runtime']):12s} acc {_rounded(row['accuracy'], 2, ' %')}  "
+                         f"p90 {_rounded(lat, 3, ' ms')}  {' '.join(row['channels'])}"))
     _out(args, data, "\n".join(lines) if lines else f"{reg.root}: no releases")
     return 0
+
+
+def _rounded(value: Any, digits: int, unit: str) -> str:
+    """A number for people (98.06 %, not 98.05555555555556); '-' when missing or not a number."""
+    return f"{value:.{digits}f}{unit}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _show_text(model: str, version: str, m: dict, channels: list[str], problems: list[str]) -> str:
@@ -211,9 +234,9 @@ def _show_text(model: str, version: str, m: dict, channels: list[str], problems:
     lines = [f"{model}@{version}  ({', '.join(channels) or 'no channel'})",
              f"  candidate  {m.get('candidate')}  [{m.get('runtime')}, {m.get('precision')}]  stages "
              f"{' > '.join(map(str, stages))}",
-             f"  accuracy   {met.get('accuracy')} % (drop {met.get('drop')} pt) on {met.get('images')} "
+             f"  accuracy   {_rounded(met.get('accuracy'), 2, ' %')} (drop {_rounded(met.get('drop'), 2, ' pt')}) on {met.get('images')} "
              f"{met.get('split')} images",
-             f"  latency    p50 {lat.get('p50_ms')} ms, p90 {lat.get('p90_ms')} ms on "
+             f"  latency    p50 {_rounded(lat.get('p50_ms'), 3, ' ms')}, p90 {_rounded(lat.get('p90_ms'), 3, ' ms')} on "
              f"{_obj(lat.get('hardware')).get('cpu')} ({_obj(lat.get('profile')).get('name')})",
              f"  input      {inp.get('shape')} {inp.get('layout')} {inp.get('dtype')} {inp.get('color_order')}, "
              f"mean {inp.get('mean')}, std {inp.get('std')}",

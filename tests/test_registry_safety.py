@@ -128,6 +128,7 @@ def test_releases_travel_through_a_dvc_remote(project, tmp_path):
     assert "pushed" in pushed.stdout
     other = tmp_path / "other"
     other.mkdir()
+    git(other, "init", "-q")
     sh(root, "cp", "-r", ".dvc", str(other / ".dvc"))  # another clone: the same DVC config, no registry
     (other / "params.yaml").write_text((root / "params.yaml").read_text())
     sh(other, sys.executable, "-m", "edgeopt.cli", "registry", "fetch")
