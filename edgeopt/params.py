@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgeopt.registry import CHANNEL_PATTERN, NAME_PATTERN
 
 Arch = Literal["small_cnn", "resnet18", "resnet34", "vgg16_bn", "mobilenet_v2"]
-Schedule = Literal["cosine", "step", "none"]
+Schedule = Literal["onecycle", "cosine", "step", "none"]
 QuantMode = Literal["ov_int8", "ov_int8_ac", "ort_int8_static", "ort_int8_dynamic", "ov_fp16"]
 OV_MODES = {"ov_int8", "ov_int8_ac", "ov_fp16"}
 ORT_MODES = {"ort_int8_static", "ort_int8_dynamic"}
@@ -57,16 +57,38 @@ class Optim(_Section):
     lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=0.1)
-    schedule: Schedule = "cosine"
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0, le=1000)
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _warmup(self) -> "Optim":
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs applies to schedule: cosine only (schedule is {self.schedule!r}; "
+                             "onecycle has its own warm-up); set warmup_epochs: 0")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
 
 
 class Train(Optim):
     augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"
     early_stopping_patience: int = Field(10, ge=0)
     threads: int = Field(0, ge=0, le=256)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0, le=64)
+    pin_memory: bool = True
+    channels_last: bool = False
+    converged_max_gain: float = Field(0.5, ge=0, le=100)
+
+    def fit_options(self) -> dict[str, Any]:
+        """The train.* knobs every training stage (train, finetune, distill, cluster, QAT) hands to `fit`."""
+        return {"augment": self.augment, "device": self.device, "num_workers": self.num_workers,
+                "pin_memory": self.pin_memory, "channels_last": self.channels_last,
+                "converged_max_gain": self.converged_max_gain}
 
 
 class KD(_Section):

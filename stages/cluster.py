@@ -112,7 +112,10 @@ def cluster_weight(weight: nn.Parameter, n_clusters: int, seed: int) -> Clustere
 def project(layer: ClusteredLayer) -> None:
     """Set every weight to the mean of its cluster (the zero cluster stays at 0)."""
     flat = layer.weight.data.view(-1)
-    sums = torch.zeros(layer.clusters, dtype=torch.float64).index_add_(0, layer.assignments, flat.double())
+    if layer.assignments.device != flat.device:  # training moved the model (GPU): move the assignments once
+        layer.assignments = layer.assignments.to(flat.device)
+    sums = torch.zeros(layer.clusters, dtype=torch.float64, device=flat.device).index_add_(
+        0, layer.assignments, flat.double())
     means = sums / torch.bincount(layer.assignments, minlength=layer.clusters).clamp_min(1)
     if layer.zero_cluster >= 0:
         means[layer.zero_cluster] = 0.0
@@ -181,13 +184,14 @@ def run(params: Params, paths: Paths) -> dict:
     tuned: dict[str, Any] = {"finetune_epochs": cfg.finetune_epochs}
     if cfg.finetune_epochs and clustered:
         start = copy.deepcopy(model.state_dict())
-        result = fit(model, splits, params.finetune, seed=params.seed, augment=params.train.augment,
+        result = fit(model, splits, params.finetune, seed=params.seed, **params.train.fit_options(),
                      epochs=cfg.finetune_epochs, lr=cfg.lr, desc="cluster-finetune",
                      after_step=lambda _m: [project(layer) for layer in clustered.values()])
         kept = result.best_val_accuracy < clustered_acc["val_accuracy"]
         if kept:  # no epoch beat the freshly clustered weights on validation
             model.load_state_dict(start)
-        tuned.update(best_epoch=result.best_epoch, kept_clustered_weights=kept, history=result.history)
+        tuned.update(best_epoch=result.best_epoch, kept_clustered_weights=kept, **result.summary(),
+                     history=result.history)
 
     unique_after = unique_weights(model)
     worst = max((unique_after[n] for n in clustered), default=0)

@@ -59,10 +59,10 @@ def test_bf16_training_learns_keeps_fp32_weights_and_falls_back_without_native_b
                                                                                     monkeypatch, native):
     """bf16 autocast trains as well on digits, the checkpoint stays fp32; a CPU without native bf16 (where it
     would be slower) trains in fp32 with a warning saying so, and the metrics record the precision used."""
-    from edgeopt import training
+    from edgeopt import accel
     from stages import train
 
-    monkeypatch.setattr(training, "native_bf16", lambda: native)
+    monkeypatch.setattr(accel, "native_bf16", lambda: native)
     tiny_params.train.epochs = 5
     tiny_params.train.precision = "bf16"
     with pytest.warns(UserWarning, match="no native bf16") if not native else _no_warning():
