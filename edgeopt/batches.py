@@ -92,8 +92,10 @@ def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Ten
     if kind == "crop_flip":
         flip = torch.rand(n, 1, generator=gen) < 0.5
         cols = torch.where(flip, cols.flip(1), cols)
-    pixel = (torch.arange(n).view(n, 1, 1) * (h * w) + rows.view(n, h, 1) * w + cols.view(n, 1, w)).view(-1)
-    return x.reshape(n * h * w, -1).index_select(0, pixel.to(x.device)).view(x.shape)
+    rows, cols = rows.to(x.device), cols.to(x.device)  # small: the N*H*W pixel index is built on the device
+    first = torch.arange(0, n * h * w, h * w, device=x.device).view(n, 1, 1)
+    pixel = (first + rows.view(n, h, 1) * w + cols.view(n, 1, w)).view(-1)
+    return x.reshape(n * h * w, -1).index_select(0, pixel).view(x.shape)
 
 
 def normalize_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -81,7 +81,7 @@ class Train(Optim):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0, le=64)
     pin_memory: bool = True
-    channels_last: bool = False
+    channels_last: bool = True
     converged_max_gain: float = Field(0.5, ge=0, le=100)
 
     def fit_options(self) -> dict[str, Any]:

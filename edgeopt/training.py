@@ -93,27 +93,36 @@ def evaluate(model: nn.Module, splits: Splits, split: str = "val", batch_size: i
 
 
 ONECYCLE_PCT_START = 0.25  # fraction of the steps spent raising the LR (torch's default 0.3; fast.ai uses 0.25)
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # start at lr/25, end at lr/25/1e4 (torch OneCycleLR's defaults)
+
+
+def _cos_between(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (1 + math.cos(math.pi * min(1.0, pct)))
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, recipe, epochs: int, steps_per_epoch: int, lr: float):
-    """The recipe's LR schedule, stepped after every optimizer step (None: constant LR).
+    """The recipe's LR schedule as a factor of `lr`, stepped after every optimizer step (None: constant LR).
 
-    onecycle: torch OneCycleLR (cosine, lr/25 -> lr over the first 25 % of steps -> lr/1e5); momentum stays the
-    recipe's. cosine: cosine annealing to 0, after a linear warm-up of `warmup_epochs`. step: x gamma every
-    `step_size` epochs.
+    onecycle: torch OneCycleLR's policy (cosine from lr/25 up to lr over the first 25 % of the steps, then down to
+    lr/2.5e5), momentum left at the recipe's; written out because OneCycleLR divides by zero below 5 steps in all
+    (a tiny data set, one epoch). cosine: cosine annealing to 0 after a linear warm-up of `warmup_epochs`.
+    step: x gamma every `step_size` epochs.
     """
     total = max(1, epochs * steps_per_epoch)
     if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total,
-                                                   pct_start=ONECYCLE_PCT_START, anneal_strategy="cos",
-                                                   cycle_momentum=False)
-    if recipe.schedule == "cosine":
+        up = max(1.0, ONECYCLE_PCT_START * total - 1)  # the step with the peak LR, as OneCycleLR counts it
+
+        def factor(step: int) -> float:
+            if step <= up:
+                return _cos_between(1 / ONECYCLE_DIV, 1.0, step / up)
+            return _cos_between(1.0, 1 / ONECYCLE_DIV / ONECYCLE_FINAL_DIV, (step - up) / max(1.0, total - 1 - up))
+    elif recipe.schedule == "cosine":
         warm = min(round(recipe.warmup_epochs * steps_per_epoch), total - 1)
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+            return _cos_between(1.0, 0.0, (step - warm) / (total - warm))
     elif recipe.schedule == "step":
         def factor(step: int) -> float:
             return recipe.gamma ** (step // steps_per_epoch // recipe.step_size)

@@ -110,16 +110,19 @@ def cluster_weight(weight: nn.Parameter, n_clusters: int, seed: int) -> Clustere
 
 @torch.no_grad()
 def project(layer: ClusteredLayer) -> None:
-    """Set every weight to the mean of its cluster (the zero cluster stays at 0)."""
-    flat = layer.weight.data.view(-1)
-    if layer.assignments.device != flat.device:  # training moved the model (GPU): move the assignments once
-        layer.assignments = layer.assignments.to(flat.device)
-    sums = torch.zeros(layer.clusters, dtype=torch.float64, device=flat.device).index_add_(
-        0, layer.assignments, flat.double())
+    """Set every weight to the mean of its cluster (the zero cluster stays at 0).
+
+    Assignments index the weight in logical (NCHW) order: reshape/copy_ follow that order whatever the memory
+    format training uses (channels_last), and the assignments follow the weight to its device once."""
+    weight = layer.weight.data
+    if layer.assignments.device != weight.device:
+        layer.assignments = layer.assignments.to(weight.device)
+    sums = torch.zeros(layer.clusters, dtype=torch.float64, device=weight.device).index_add_(
+        0, layer.assignments, weight.reshape(-1).double())
     means = sums / torch.bincount(layer.assignments, minlength=layer.clusters).clamp_min(1)
     if layer.zero_cluster >= 0:
         means[layer.zero_cluster] = 0.0
-    flat.copy_(means.float()[layer.assignments])
+    weight.copy_(means.float()[layer.assignments].view(weight.shape))
 
 
 def cluster_model(model: nn.Module, n_clusters: int, min_weights: int, seed: int
