@@ -14,6 +14,11 @@ What is compared (recorded in the JSON as `definition`):
 
 A few untimed batches run first (one-off kernel set-up), then measurements alternate (bare, stage, bare,
 stage, ...) so that load on the machine hits both sides; the best of each side is kept. Target: the stage within 10 % of the bare loop.
+Both sides: CPU, NCHW (train.channels_last off), no label smoothing.
+
+`input_pipeline` (PIPELINE_DEFINITION): images/s of the loader alone (read, augment, normalise) against images/s
+of training with it, for the per-image loop edgeopt used before issue 16 ("before"), the vectorised DataLoader
+pipeline ("after") and the same in channels_last; `python -m benchmarks.throughput --pipeline-only` runs it alone.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import numpy as np
 from edgeopt.params import Params
 
 DEFINITION = ("images/s over the training-step loop only (forward+loss+backward+SGD step, plus the stage's "
-              "per-batch data path), same model/data/batch size/threads/seed/recipe, fp32, no augmentation on either "
+              "per-batch data path), same model/data/batch size/threads/seed/recipe, CPU, NCHW, fp32, no label "
+              "smoothing, no augmentation on either "
               "side (stage run with train.augment=none); bare loop = preloaded normalised tensor + plain "
               "PyTorch; best of alternating repeats")
 TARGET_OVERHEAD_PCT = 10.0
@@ -51,7 +57,7 @@ def bare_loop(prepared: Path, params: Params, epochs: int, max_batches: int = 0)
     images, labels = open_split(prepared, "train")
     mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
-    x_all = (torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
+    x_all = ((torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div_(255.0) - mean) / std).contiguous()
     y_all = torch.from_numpy(np.array(labels))
     model = build_model(config_for(params.model.arch, params.model.width, params.model.small_input, meta))
     model.train()
@@ -91,7 +97,8 @@ def stage_loop(prepared: Path, params: Params, epochs: int, scratch: Path) -> di
     (scratch / "data").mkdir(parents=True)
     (scratch / "data" / "prepared").symlink_to(prepared.resolve(), target_is_directory=True)
     raw = params.dump()
-    raw["train"].update(epochs=epochs, augment="none", early_stopping_patience=0, precision="fp32")
+    raw["train"].update(epochs=epochs, augment="none", early_stopping_patience=0, precision="fp32", device="cpu",
+                        label_smoothing=0.0, channels_last=False)
     p = params_from_dict(raw, "throughput")
     import contextlib
     import io
@@ -102,6 +109,112 @@ def stage_loop(prepared: Path, params: Params, epochs: int, scratch: Path) -> di
 
     return {"images_per_s": round(float(m["train_images_per_s"]), 2), "epochs": m["epochs_run"],
             "wall_s": m["cost"]["wall_s"], "threads": torch.get_num_threads()}
+
+
+PIPELINE_DEFINITION = (
+    "images/s on CPU over the same batches (batch_size, seeded order, the data's augmentation: crop_flip for RGB), "
+    "best of alternating repeats. loader_alone: model-ready float NCHW batches only (read from the memmapped "
+    "split, augment, normalise); training: the same plus forward+loss+backward+SGD step of the params' model. "
+    "before = the per-image loop edgeopt used until issue 16 (normalise, zero-pad, one slice per image, "
+    "torch.stack); after = edgeopt.batches (DataLoader, one index_select per batch on uint8, reflect pad); "
+    "after_channels_last = after with model and batches in channels_last")
+
+
+PIPELINE_BATCHES = 10  # batches per pipeline measurement (ResNet-18 w0.5, 32 px: ~10 s of training on 2 cores)
+
+
+def legacy_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, kind: str, mean, std, gen):
+    """The data path of edgeopt.training.fit before issue 16, kept as the 'before' of this benchmark."""
+    import torch
+    import torch.nn.functional as F
+
+    order = torch.randperm(len(labels), generator=gen).numpy()
+    for s in range(0, len(labels), batch_size):
+        idx = np.sort(order[s:s + batch_size])
+        if len(idx) < 2:
+            continue
+        x = (torch.from_numpy(np.array(images[idx], copy=True)).permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
+        if kind != "none":
+            n, _, h, w = x.shape
+            pad = max(1, h // 8)
+            padded = F.pad(x, (pad, pad, pad, pad))
+            dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+            dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+            x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+            if kind == "crop_flip":
+                flip = torch.rand(n, generator=gen) < 0.5
+                x[flip] = x[flip].flip(3)
+        yield x, torch.from_numpy(np.array(labels[idx]))
+
+
+def new_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, kind: str, mean, std, gen,
+                channels_last: bool = False):
+    from edgeopt.batches import augment_batch, batch_loader, normalize_batch
+
+    for xb, yb in batch_loader(images, labels, batch_size, gen):
+        yield normalize_batch(augment_batch(xb, kind, gen), mean, std, channels_last), yb
+
+
+def pipeline(prepared: Path, params: Params, repeats: int = 3, max_batches: int = 20,
+             say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Loader images/s alone vs training images/s, before / after the vectorised pipeline, on CPU."""
+    import os
+
+    import torch
+    import torch.nn.functional as F
+
+    from edgeopt.models import build_model
+    from edgeopt.training import Splits
+    from stages.train import config_for
+
+    torch.set_num_threads(params.train.threads or os.cpu_count() or 1)
+    splits = Splits.load(prepared)
+    images, labels = splits.train
+    kind = splits.augment_kind(params.train.augment)
+    bs = params.train.batch_size
+    variants = {"before": (legacy_batches, False), "after": (new_batches, False),
+                "after_channels_last": (lambda *a: new_batches(*a, channels_last=True), True)}
+    torch.manual_seed(params.seed)
+    model = build_model(config_for(params.model.arch, params.model.width, params.model.small_input, splits.meta))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def run(name: str, train: bool) -> float:
+        make, cl = variants[name]
+        model.to(memory_format=torch.channels_last if cl else torch.contiguous_format).train()
+        gen = torch.Generator().manual_seed(params.seed)
+        seen, t0 = 0, time.perf_counter()
+        for b, (x, y) in enumerate(make(images, labels, bs, kind, splits.mean, splits.std, gen)):
+            if b >= max_batches:
+                break
+            if train:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            seen += len(y)
+        return seen / (time.perf_counter() - t0)
+
+    load0 = os.getloadavg()[0]
+    run("after", True)  # untimed: one-off kernel set-up
+    loader: dict[str, list[float]] = {k: [] for k in variants}
+    training: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(repeats):
+        for name in variants:  # alternating, so load from other processes hits every side
+            loader[name].append(round(run(name, False), 1))
+            training[name].append(round(run(name, True), 1))
+        say(f"[throughput] pipeline repeat {i + 1}/{repeats}: loader {loader} | training {training} img/s "
+            f"(load {os.getloadavg()[0]:.1f})")
+    best = {k: {"loader_alone": max(loader[k]), "training": max(training[k])} for k in variants}
+    for v in best.values():
+        v["loader_share_of_step_pct"] = round(100.0 * v["training"] / v["loader_alone"], 2)
+    return {"definition": PIPELINE_DEFINITION, "augment": kind, "batch_size": bs, "batches_per_measurement":
+            max_batches, "repeats": repeats, "image_shape": list(images.shape[1:]), "threads": torch.get_num_threads(),
+            "model": {"arch": params.model.arch, "width": params.model.width}, "runs": {
+                "loader_alone": loader, "training": training}, "best": best,
+            "loader_speedup": round(best["after"]["loader_alone"] / best["before"]["loader_alone"], 3),
+            "training_speedup": round(best["after"]["training"] / best["before"]["training"], 3),
+            "channels_last_speedup": round(best["after_channels_last"]["training"] / best["after"]["training"], 3),
+            "load_average_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
 def measure(prepared: Path, params: Params, scratch: Path, epochs: int, repeats: int,
@@ -118,7 +231,9 @@ def measure(prepared: Path, params: Params, scratch: Path, epochs: int, repeats:
     best_stage = max(s["images_per_s"] for s in stage)
     overhead = 100.0 * (best_bare - best_stage) / best_bare
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"definition": DEFINITION, "model": {"arch": params.model.arch, "width": params.model.width},
+    say("[throughput] input pipeline: loader alone vs training, before / after")
+    input_pipeline = pipeline(prepared, params, repeats, max_batches=PIPELINE_BATCHES, say=say)
+    return {"input_pipeline": input_pipeline, "definition": DEFINITION, "model": {"arch": params.model.arch, "width": params.model.width},
             "batch_size": params.train.batch_size, "epochs_per_measurement": epochs, "repeats": repeats,
             "bare": bare, "stage": stage, "bare_images_per_s": best_bare, "stage_images_per_s": best_stage,
             "overhead_pct": round(overhead, 2), "target_overhead_pct": TARGET_OVERHEAD_PCT,
@@ -169,13 +284,21 @@ def main(argv: list[str] | None = None) -> int:
                                 description="train stage vs bare PyTorch loop on a prepared data set")
     p.add_argument("--prepared", required=True, help="data/prepared of a project")
     p.add_argument("--params", required=True, help="params file (model.*, train.*, seed)")
-    p.add_argument("--scratch", required=True, help="scratch project directory for the train stage")
+    p.add_argument("--scratch", help="scratch project directory for the train stage (not with --pipeline-only)")
+    p.add_argument("--pipeline-only", action="store_true",
+                   help="only the input pipeline: loader alone vs training, before / after (no train stage)")
+    p.add_argument("--batches", type=int, default=PIPELINE_BATCHES, help="--pipeline-only: batches per measurement")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", required=True, help="JSON result")
     a = p.parse_args(argv)
-    result = measure(Path(a.prepared), load_params(a.params), Path(a.scratch), a.epochs, a.repeats,
-                     say=lambda m: print(m, flush=True))
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    if a.pipeline_only:
+        result = pipeline(Path(a.prepared), load_params(a.params), a.repeats, a.batches, say=say)
+    elif not a.scratch:
+        p.error("--scratch is required (or --pipeline-only)")
+    else:
+        result = measure(Path(a.prepared), load_params(a.params), Path(a.scratch), a.epochs, a.repeats, say=say)
     Path(a.out).write_text(json.dumps(result, indent=2))
     return 0
 

@@ -12,7 +12,7 @@ from edgeopt.registry import CHANNEL_PATTERN, NAME_PATTERN
 from edgeopt.runtime import BENCH_LIMITS
 
 Arch = Literal["small_cnn", "resnet18", "resnet34", "vgg16_bn", "mobilenet_v2"]
-Schedule = Literal["cosine", "step", "none"]
+Schedule = Literal["onecycle", "cosine", "step", "none"]
 QuantMode = Literal["ov_int8", "ov_int8_ac", "ort_int8_static", "ort_int8_dynamic", "ov_fp16"]
 OV_MODES = {"ov_int8", "ov_int8_ac", "ov_fp16"}
 MAX_SEED = 2**32 - 1  # numpy (np.random.seed) and scikit-learn random_state accept 0..2**32-1
@@ -72,16 +72,33 @@ class Optim(_Section):
     lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=0.1)
-    schedule: Schedule = "cosine"
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0, le=1000)
     step_size: int = Field(10, ge=1, le=100_000)
     gamma: float = Field(0.1, gt=0, le=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _warmup(self) -> "Optim":
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs applies to schedule: cosine only (schedule is {self.schedule!r}; "
+                             "onecycle has its own warm-up); set warmup_epochs: 0")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
 
 
 class Train(Optim):
     augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"
     early_stopping_patience: int = Field(10, ge=0, le=1000)
     threads: int = Field(0, ge=0, le=256)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0, le=64)
+    pin_memory: bool = True
+    channels_last: bool = True
+    converged_max_gain: float = Field(0.5, ge=0, le=100)
+
 
 
 class KD(_Section):

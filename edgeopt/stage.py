@@ -67,8 +67,13 @@ class ParamsView:
         if name in ("dump", "model_dump", "model_dump_json", "section") and not self._prefix:
             raise UndeclaredParam(f"stage {self._stage!r} asks for all params ({name}); read the keys it declares "
                                   "in dvc.yaml instead")
-        if name.startswith("_") or callable(value) and not isinstance(value, BaseModel):
-            return value  # pydantic internals and the methods of a declared section go to the model itself
+        if name.startswith("_"):
+            return value  # pydantic internals
+        if callable(value) and not isinstance(value, BaseModel):
+            if self._prefix and self._allowed(self._prefix.rstrip(".")) == "all":
+                return value  # a method of a wholly declared section
+            raise UndeclaredParam(f"stage {self._stage!r} calls {self._prefix}{name}(), which may read params dvc.yaml "
+                                  "does not declare for it; read the keys one by one")
         key = f"{self._prefix}{'validate' if name == 'validate_' else name}"
         allowed = self._allowed(key)
         if allowed == "all":

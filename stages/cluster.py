@@ -25,7 +25,7 @@ from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import StageError, stage
 from edgeopt.stats import WEIGHTED, model_stats, unique_weights
-from edgeopt.training import Splits, fit, set_seed
+from edgeopt.training import Splits, fit, fit_options, set_seed
 from stages.prune import accuracies
 
 MAX_FIT_SAMPLES = 100_000  # k-means is fitted on a seeded sample of a large layer; every weight is then assigned
@@ -110,13 +110,19 @@ def cluster_weight(weight: nn.Parameter, n_clusters: int, seed: int) -> Clustere
 
 @torch.no_grad()
 def project(layer: ClusteredLayer) -> None:
-    """Set every weight to the mean of its cluster (the zero cluster stays at 0)."""
-    flat = layer.weight.data.view(-1)
-    sums = torch.zeros(layer.clusters, dtype=torch.float64).index_add_(0, layer.assignments, flat.double())
+    """Set every weight to the mean of its cluster (the zero cluster stays at 0).
+
+    Assignments index the weight in logical (NCHW) order: reshape/copy_ follow that order whatever the memory
+    format training uses (channels_last), and the assignments follow the weight to its device once."""
+    weight = layer.weight.data
+    if layer.assignments.device != weight.device:
+        layer.assignments = layer.assignments.to(weight.device)
+    sums = torch.zeros(layer.clusters, dtype=torch.float64, device=weight.device).index_add_(
+        0, layer.assignments, weight.reshape(-1).double())
     means = sums / torch.bincount(layer.assignments, minlength=layer.clusters).clamp_min(1)
     if layer.zero_cluster >= 0:
         means[layer.zero_cluster] = 0.0
-    flat.copy_(means.float()[layer.assignments])
+    weight.copy_(means.float()[layer.assignments].view(weight.shape))
 
 
 def cluster_model(model: nn.Module, n_clusters: int, min_weights: int, seed: int
@@ -181,13 +187,14 @@ def run(params: Params, paths: Paths) -> dict:
     tuned: dict[str, Any] = {"finetune_epochs": cfg.finetune_epochs}
     if cfg.finetune_epochs and clustered:
         start = copy.deepcopy(model.state_dict())
-        result = fit(model, splits, params.finetune, seed=params.seed, augment=params.train.augment,
+        result = fit(model, splits, params.finetune, seed=params.seed, **fit_options(params.train),
                      epochs=cfg.finetune_epochs, lr=cfg.lr, desc="cluster-finetune",
                      after_step=lambda _m: [project(layer) for layer in clustered.values()])
         kept = result.best_val_accuracy < clustered_acc["val_accuracy"]
         if kept:  # no epoch beat the freshly clustered weights on validation
             model.load_state_dict(start)
-        tuned.update(best_epoch=result.best_epoch, kept_clustered_weights=kept, history=result.history)
+        tuned.update(best_epoch=result.best_epoch, kept_clustered_weights=kept, **result.summary(),
+                     history=result.history)
 
     unique_after = unique_weights(model)
     worst = max((unique_after[n] for n in clustered), default=0)

@@ -9,7 +9,7 @@ from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import model_stats
-from edgeopt.training import Splits, evaluate, fit, set_seed
+from edgeopt.training import Splits, evaluate, fit, fit_options, set_seed
 from stages.train import config_for
 
 
@@ -17,7 +17,7 @@ def _train_student(params: Params, paths: Paths, splits: Splits, cfg: dict, teac
     d = params.distill
     set_seed(params.seed, params.train.threads)  # same init and batch order for the KD and no-KD students
     student = build_model(cfg)
-    result = fit(student, splits, d, seed=params.seed, augment=params.train.augment,
+    result = fit(student, splits, d, seed=params.seed, **fit_options(params.train),
                  patience=params.train.early_stopping_patience, teacher=teacher, temperature=d.temperature,
                  alpha=d.alpha, live_dir=paths.live("distill" if teacher is not None else "distill_nokd"),
                  desc=name, precision=d.precision)
@@ -27,7 +27,7 @@ def _train_student(params: Params, paths: Paths, splits: Splits, cfg: dict, teac
     path = save_checkpoint(paths.checkpoint(name), student, cfg, info)
     shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "precision": result.precision, **model_stats(student, shape, path)}
+            "epochs_run": len(result.history), **result.summary(), **model_stats(student, shape, path)}
 
 
 @stage("distill")

@@ -21,7 +21,7 @@ from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import WEIGHTED, model_stats
-from edgeopt.training import Splits, fit, set_seed
+from edgeopt.training import Splits, fit, fit_options, set_seed
 from stages.prune import accuracies
 
 
@@ -31,7 +31,9 @@ def keep_zeros(model: nn.Module) -> Callable[[nn.Module], None]:
 
     @torch.no_grad()
     def reapply(_model: nn.Module) -> None:
-        for weight, mask in masks:
+        for i, (weight, mask) in enumerate(masks):
+            if mask.device != weight.device:  # training moved the model (GPU): move each mask once
+                masks[i] = (weight, mask := mask.to(weight.device))
             weight.mul_(mask)
 
     return reapply
@@ -54,7 +56,7 @@ def run(params: Params, paths: Paths) -> dict:
     before = {**model_stats(model, shape, source), **accuracies(model, splits)}
     pruned_state = copy.deepcopy(model.state_dict())
 
-    result = fit(model, splits, cfg, seed=params.seed, augment=params.train.augment,
+    result = fit(model, splits, cfg, seed=params.seed, **fit_options(params.train),
                  teacher=baseline if cfg.kd else None, temperature=cfg.temperature, alpha=cfg.alpha,
                  live_dir=paths.live("finetune"), desc="finetune", after_step=keep_zeros(model) if sparse else None,
                  precision=cfg.precision)
@@ -63,7 +65,8 @@ def run(params: Params, paths: Paths) -> dict:
         model.load_state_dict(pruned_state)
 
     out = paths.checkpoint("finetuned")
-    recipe = {"epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule, "kd": cfg.kd,
+    recipe = {"epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule, "label_smoothing": cfg.label_smoothing,
+              "kd": cfg.kd,
               **({"temperature": cfg.temperature, "alpha": cfg.alpha} if cfg.kd else {})}
     save_checkpoint(out, model, config, {"stage": "finetune", "source": "pruned", "mode": info.get("mode"),
                                          "recipe": recipe})
@@ -75,7 +78,7 @@ def run(params: Params, paths: Paths) -> dict:
             "gap_to_baseline_test_points": round(reference["test_accuracy"] - after["test_accuracy"], 3),
             "params": after["params"], "nonzero_params": after["nonzero_params"], "macs": after["macs"],
             "best_epoch": result.best_epoch, "kept_pruned_weights": kept_pruned, "sparsity_kept": sparse,
-            "images_per_s": round(result.images_per_s, 1), "precision": result.precision, **recipe,
+            "images_per_s": round(result.images_per_s, 1), **result.summary(), **recipe,
             "before": before, "after": after, "history": result.history}
 
 

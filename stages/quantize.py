@@ -34,7 +34,7 @@ from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.runtime import load_model
 from edgeopt.stage import StageError, stage
-from edgeopt.training import set_seed
+from edgeopt.training import fit_options, set_seed
 
 log = logging.getLogger("edgeopt.quantize")
 
@@ -357,7 +357,7 @@ def build_qat(src: Source, data: Data, params: Params, cdir: Path, paths: Paths)
                           **_nncf_common(params))
     ptq_val = evaluate(model, splits, "val")["accuracy"]
     q = params.quantize
-    result = fit(model, splits, params.finetune, seed=params.seed, augment=params.train.augment,
+    result = fit(model, splits, params.finetune, seed=params.seed, **fit_options(params.train),
                  epochs=q.qat_epochs, lr=q.qat_lr, desc="qat")
     model.eval()
     c, h, w = data.input_shape
@@ -367,7 +367,7 @@ def build_qat(src: Source, data: Data, params: Params, cdir: Path, paths: Paths)
     return {"calibration_samples": len(data.calib), "preset": params.quantize.preset, "epochs": q.qat_epochs,
             "lr": q.qat_lr, "recipe": "finetune (SGD) with quantize.qat_epochs / qat_lr",
             "ptq_val_accuracy_pytorch": round(ptq_val, 4), "qat_val_accuracy_pytorch": round(result.best_val_accuracy, 4),
-            "history": result.history}
+            "training": result.summary(), "history": result.history}
 
 
 BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {

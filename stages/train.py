@@ -6,7 +6,7 @@ from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import model_stats
-from edgeopt.training import Splits, evaluate, fit, set_seed
+from edgeopt.training import Splits, evaluate, fit, fit_options, set_seed
 
 
 def config_for(arch: str, width: float, small_input: bool, meta: dict) -> dict:
@@ -20,7 +20,7 @@ def run(params: Params, paths: Paths) -> dict:
     splits = Splits.load(paths.prepared)
     cfg = config_for(params.model.arch, params.model.width, params.model.small_input, splits.meta)
     model = build_model(cfg)
-    result = fit(model, splits, params.train, seed=params.seed, augment=params.train.augment,
+    result = fit(model, splits, params.train, seed=params.seed, **fit_options(params.train),
                  patience=params.train.early_stopping_patience, live_dir=paths.live("train"), desc="train",
                  precision=params.train.precision)
     val = evaluate(model, splits, "val")
@@ -30,11 +30,13 @@ def run(params: Params, paths: Paths) -> dict:
     path = save_checkpoint(paths.checkpoint("baseline"), model, cfg, info)
     input_shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     print(f"train: {cfg['arch']} test accuracy {test['accuracy']:.2f}% (val {val['accuracy']:.2f}%, "
-          f"best epoch {result.best_epoch}/{len(result.history)})")
+          f"best epoch {result.best_epoch}/{len(result.history)}, {result.device['device']}, "
+          f"{'converged' if result.convergence['converged'] else 'NOT converged'}: best val "
+          f"{result.convergence['val_gain_last_20pct']} pt higher after the last 20 % of epochs)")
     return {"arch": cfg["arch"], "test_accuracy": test["accuracy"], "val_accuracy": val["accuracy"],
             "test_loss": test["loss"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
             "stopped_early": result.stopped_early, "train_images_per_s": round(result.images_per_s, 1),
-            "precision": result.precision,
+            **result.summary(),
             **model_stats(model, input_shape, path), "history": result.history}
 
 

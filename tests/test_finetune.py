@@ -25,6 +25,8 @@ def test_finetune_recovers_accuracy_of_a_pruned_model(tiny_project, tiny_params)
     assert metrics["test_accuracy"] > 80 and not metrics["kept_pruned_weights"]
     assert metrics["baseline_test_accuracy"] == pruned["before"]["test_accuracy"]
     assert metrics["params"] == pruned["params"] and metrics["macs"] == pruned["macs"]
+    assert metrics["device"] == "cpu" and metrics["label_smoothing"] == tiny_params.finetune.label_smoothing
+    assert metrics["converged"] in (True, False) and metrics["val_gain_last_20pct"] is not None
 
     model, config, info = load_checkpoint(paths.checkpoint("finetuned"))
     assert count_params(model) == pruned["params"]

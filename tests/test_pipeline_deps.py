@@ -63,9 +63,15 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(stage):
 
 def params_read(stage: str) -> set[str]:
     """`params.<section>[.<key>]` chains in the stage module (the static part; ParamsView checks at run time)."""
+    from edgeopt.training import FIT_OPTIONS
+
     keys = set()
     tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
     inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}  # only whole chains count
+    for call in ast.walk(tree):  # fit_options(params.train) reads the train.* knobs of fit, key by key
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "fit_options":
+            inner |= {id(a) for a in call.args}
+            keys |= {f"train.{k}" for k in FIT_OPTIONS}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and id(node) not in inner:
             chain, cur = [], node

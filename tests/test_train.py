@@ -19,6 +19,20 @@ def test_train_stage_learns_digits_and_writes_artifacts(tiny_project, tiny_param
     assert cfg["arch"] == "small_cnn" and info["test_accuracy"] == pytest.approx(m["test_accuracy"])
     assert (tiny_project / "dvclive/train/plots/metrics/val/accuracy.tsv").exists()
     assert (tiny_project / "metrics/train.json").exists()
+    assert m["device"] == "cpu" and m["precision"] == "fp32" and m["converged_max_gain"] == 0.5
+    assert isinstance(m["converged"], bool) and m["val_gain_last_20pct"] >= 0
+    saved = torch.load(tiny_project / "models/baseline.pt", weights_only=True)["state_dict"]  # no map_location
+    assert all(t.device.type == "cpu" and t.is_contiguous() for t in saved.values())  # trained channels_last
+
+
+def test_convergence_check_flags_an_under_trained_baseline(tiny_project, tiny_params):
+    """Two epochs of a one-cycle run: validation is still climbing, and the metrics say so."""
+    from stages import train
+
+    m = train.run(tiny_params, Paths(tiny_project))
+    curve = [row["val_accuracy"] for row in m["history"]]
+    assert m["epochs_run"] == 2 and m["converged"] is False
+    assert m["val_gain_last_20pct"] == pytest.approx(max(curve) - curve[0], abs=1e-3) and m["val_gain_last_20pct"] > 5
 
 
 @pytest.mark.parametrize("arch, width", [("resnet18", 0.25), ("vgg16_bn", 0.125), ("mobilenet_v2", 0.25), ("small_cnn", 0.5)])
@@ -59,10 +73,10 @@ def test_bf16_training_learns_keeps_fp32_weights_and_falls_back_without_native_b
                                                                                     monkeypatch, native):
     """bf16 autocast trains as well on digits, the checkpoint stays fp32; a CPU without native bf16 (where it
     would be slower) trains in fp32 with a warning saying so, and the metrics record the precision used."""
-    from edgeopt import training
+    from edgeopt import accel
     from stages import train
 
-    monkeypatch.setattr(training, "native_bf16", lambda: native)
+    monkeypatch.setattr(accel, "native_bf16", lambda: native)
     tiny_params.train.epochs = 5
     tiny_params.train.precision = "bf16"
     with pytest.warns(UserWarning, match="no native bf16") if not native else _no_warning():

@@ -39,8 +39,9 @@ def _set(section: str, key: str, value):
 # case -> (edit of the repo's params.yaml | raw file text, extra CLI args, exact message after "<file>: ")
 PARAMS_CASES = {
     "unknown_key": (_set("train", "epoch", 3), [], "invalid parameter train.epoch: unknown key; allowed keys in "
-                    "train: augment, batch_size, early_stopping_patience, epochs, gamma, lr, momentum, precision, "
-                    "schedule, step_size, threads, weight_decay"),
+                    "train: augment, batch_size, channels_last, converged_max_gain, device, early_stopping_patience, "
+                    "epochs, gamma, label_smoothing, lr, momentum, num_workers, pin_memory, precision, schedule, "
+                    "step_size, threads, warmup_epochs, weight_decay"),
     "unknown_section": (lambda r: r.__setitem__("trian", {"epochs": 3}), [], "invalid parameter trian: unknown key; "
                         "allowed keys: bench, cluster, data, distill, evaluate, export, finetune, gate, model, "
                         "prune, quantize, registry, seed, sensitivity, target, train, validate"),
@@ -117,8 +118,9 @@ def test_several_bad_params_are_listed_together(tmp_path, capsys):
     assert err.splitlines() == [f"edgeopt train: error: {path}: invalid parameters:",
                                 "  - train.lr: Input should be greater than 0 (got -1)",
                                 "  - train.epoch: unknown key; allowed keys in train: augment, batch_size, "
-                                "early_stopping_patience, epochs, gamma, lr, momentum, precision, schedule, step_size, "
-                                "threads, weight_decay"]
+                                "channels_last, converged_max_gain, device, early_stopping_patience, epochs, gamma, "
+                                "label_smoothing, lr, momentum, num_workers, pin_memory, precision, schedule, step_size, "
+                                "threads, warmup_epochs, weight_decay"]
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
