@@ -46,6 +46,15 @@ def set_params(root: Path, *overrides: str) -> None:
     path.write_text(render_params_file(path.read_text(), list(overrides)))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_prefect_home(tmp_path_factory):
+    """Flow runs here start their own temporary Prefect server: give them a database no other process uses."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect_home")))
+        mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+        yield
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     from tests.test_dvc_pipeline import fresh_clone
