@@ -205,6 +205,14 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
             f"{k}: {v['reason']}" for k, v in doc["cost"]["realistic"]["stages"].items() if v["status"] == "failed"))
     save()
 
+    # 3b. the external peer (benchmarks/reference.py) and other training seeds, on the same prepared images
+    peers, seed_acc = [], {}
+    if (real.workdir / "data" / "prepared" / "meta.json").is_file():
+        peers = run_reference(real.workdir / "data" / "prepared", work / "reference", profile, say, doc)
+        save()
+        seed_acc = run_seeds(real, realistic_over, base_params, stages, work, in_process, profile, say, doc)
+        save()
+
     # 4. plain NNCF INT8 of the unpruned baseline: the quantize stage in a side project
     from edgeopt.paths import Paths
 
@@ -227,7 +235,7 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
             say("[compression] measuring every row (accuracy, size, latency)")
             doc["compression"] = compression.build_rows(
                 paths, params, side_dir, warmup=profile.warmup, runs=profile.runs, rounds=profile.rounds,
-                batch=profile.batch, batch_runs=profile.batch_runs, say=say)
+                batch=profile.batch, batch_runs=profile.batch_runs, say=say, peers=peers, seed_accuracy=seed_acc)
         except Exception as exc:
             doc["errors"].append(f"compression rows: {type(exc).__name__}: {exc}")
             traceback.print_exc()
@@ -237,6 +245,66 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     print_summary(doc, say)
     say(f"wrote {json_path} and {md_path}")
     return 0 if not doc["errors"] else 1
+
+
+def run_reference(prepared: Path, out: Path, profile, say, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bare script + its pruned/KD model, one process per seed (alone on the machine: never beside a stage)."""
+    import json
+    import subprocess
+
+    runs = []
+    epochs, kd_epochs = profile.reference_epochs
+    for seed in range(profile.seeds):
+        say(f"[reference] seed {seed}: bare ResNet-18 script {epochs} epochs, then prune 50 % + {kd_epochs} epochs KD")
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
+                               str(seed), str(epochs), str(kd_epochs)], cwd=REPO, capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
+        if proc.returncode != 0 or line is None:
+            doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+            say(f"[reference] seed {seed}: failed")
+            break
+        runs.append({**json.loads(line.split(" ", 1)[1]), "wall_s": round(time.perf_counter() - t0, 1)})
+        say(f"[reference] seed {seed}: done in {ch_fmt(runs[-1]['wall_s'])}")
+    doc["reference"] = runs
+    return runs
+
+
+def run_seeds(real, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path, in_process: bool,
+              profile, say, doc: dict[str, Any]) -> dict[str, list[float]]:
+    """Seeds 1.. of the pipeline itself: train .. evaluate on the same prepared images (the test split stays the
+    same), so the headline rows get a mean and a spread. Returns {row name: [accuracy of seed 1, ...]}."""
+    import os
+
+    from benchmarks import chain as ch
+    from benchmarks.compression import PYTORCH_ROW
+
+    out: dict[str, list[float]] = {}
+    doc["seeds"] = {"seeds": list(range(profile.seeds)), "chains": {}}
+    for seed in range(1, profile.seeds):
+        c = ch.Chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, in_process, say)
+        c.setup(base_params)
+        (c.workdir / "data").mkdir(exist_ok=True)
+        link = c.workdir / "data" / "prepared"
+        if not link.exists():
+            os.symlink((real.workdir / "data" / "prepared").resolve(), link)
+        c.run(stages[stages.index("train"):stages.index("evaluate") + 1], ch.Estimator(c, {}))
+        doc["seeds"]["chains"][str(seed)] = c.summary()
+        ev = (c.metrics("evaluate") or {}).get("candidates") or {}
+        for name, row in ev.items():
+            if row.get("accuracy") is not None:
+                out.setdefault(name, []).append(round(row["accuracy"], 4))
+        train = c.metrics("train") or {}
+        if train.get("test_accuracy") is not None:
+            out.setdefault(PYTORCH_ROW, []).append(round(train["test_accuracy"], 4))
+    doc["seeds"]["accuracy"] = out
+    return out
+
+
+def ch_fmt(seconds: float) -> str:
+    from benchmarks.chain import fmt_s
+
+    return fmt_s(seconds)
 
 
 def print_summary(doc: dict[str, Any], say) -> None:

@@ -22,7 +22,7 @@ def _lat(row: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def compression_table(comp: dict[str, Any]) -> list[str]:
-    head = ("| row | runtime | prec. | acc % | drop pt | size KiB | gzip KiB | params | MMACs | p50 / p90 ms (1 thr) "
+    head = ("| row | runtime | prec. | acc % | acc % mean ± std (seeds) | drop pt | size KiB | gzip KiB | params | MMACs | p50 / p90 ms (1 thr) "
             "| p50 / p90 ms (all) | fps 1 thr | batch img/s | size x PT | speed x PT (1 thr) | size x OV | "
             "speed x OV (1 thr) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -35,7 +35,7 @@ def compression_table(comp: dict[str, Any]) -> list[str]:
         batch = (r.get("throughput_batch") or {}).get("images_per_s")
         lines.append(
             f"| {name} | {r.get('runtime') or '-'} | {r.get('precision') or '-'} | {_n(r.get('accuracy'), '.2f')} "
-            f"| {_n(r.get('drop'), '+.2f')} | {_kb(r.get('size_bytes'))} | {_kb(r.get('gzip_bytes'))} "
+            f"| {_seeds(r)} | {_n(r.get('drop'), '+.2f')} | {_kb(r.get('size_bytes'))} | {_kb(r.get('gzip_bytes'))} "
             f"| {_n(r.get('params'))} | {_n(r['macs'] / 1e6 if r.get('macs') else None, ',.1f')} "
             f"| {_n(one.get('p50_ms'), '.3f')} / {_n(one.get('p90_ms'), '.3f')} "
             f"| {_n(allc.get('p50_ms'), '.3f')} / {_n(allc.get('p90_ms'), '.3f')} "
@@ -44,19 +44,50 @@ def compression_table(comp: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _seeds(r: dict[str, Any]) -> str:
+    accs = (r.get("seeds") or {}).get("accuracy") or []
+    if len(accs) < 2:
+        return "-"
+    return f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} ({len(accs)})"
+
+
 def targets_section(t: dict[str, Any]) -> list[str]:
     if not t or not t.get("candidate"):
         return ["No candidate to check (see errors)."]
     verdict = "ALL MET" if t["all_met"] else "NOT ALL MET"
-    lines = [f"Candidate: **{t['candidate']}** (picked by: {t['selected_by']}). Overall: **{verdict}**.", "",
+    lines = [f"Candidate: **{t['candidate']}** (picked by: {t['selected_by']}). Overall: **{verdict}**."
+             + (f" {t['note']}." if t.get("note") else ""), "",
              "| target | measured | required | met | detail |", "|---|---|---|---|---|"]
     for it in t["items"]:
         v = it["value"]
-        shown = "-" if v is None else (f"{v:+.2f} {it['unit']}" if it["unit"] == "pt" else f"{v:.2f}{it['unit']}")
+        shown = "-" if v is None else (f"{v:+.2f} {it['unit']}" if it["unit"] == "pt" else f"{v:.3g}{it['unit']}")
         met = {True: "met", False: "**NOT MET**", None: "not measured"}[it["met"]]
         lines.append(f"| {it['name']} | {shown} | {it['op']} {it['limit']}{'' if it['unit'] == 'pt' else 'x'}"
                      f"{' pt' if it['unit'] == 'pt' else ''} | {met} | {it['detail']} |")
     return lines
+
+
+def peer_section(doc: dict[str, Any]) -> list[str]:
+    """The external peer's runs and the wall time of each side (the pipeline: its whole realistic chain)."""
+    runs = doc.get("reference") or []
+    if not runs:
+        return []
+    r0 = runs[0].get("recipe") or {}
+    out = ["", "## The external peer (benchmarks/reference.py)", "",
+           f"ResNet-18 (CIFAR stem), one-cycle SGD (max lr {r0.get('max_lr')}), {r0.get('augment')}, "
+           f"{r0.get('epochs')} epochs, batch {r0.get('batch')}, on {runs[0].get('train_images')} train+val images; "
+           f"then Torch-Pruning {r0.get('prune_ratio')} + {r0.get('kd_epochs')} epochs KD.", "",
+           "| seed | bare: train s | bare: MMACs | pruned + KD: s | pruned: MMACs | process s |",
+           "|---|---|---|---|---|---|"]
+    for r in runs:
+        out.append(f"| {r['seed']} | {_n(r['bare']['train_s'], '.0f')} | {_n(r['bare']['macs'] / 1e6, ',.1f')} "
+                   f"| {_n(r['pruned_kd']['train_s'], '.0f')} | {_n(r['pruned_kd']['macs'] / 1e6, ',.1f')} "
+                   f"| {_n(r.get('wall_s'), '.0f')} |")
+    chain = ((doc.get("cost") or {}).get("realistic") or {}).get("total_wall_s")
+    out += ["", f"Wall time, one seed: the peer {_n(runs[0].get('wall_s'), '.0f')} s (train + prune + KD), "
+                f"edgeopt's realistic chain {_n(chain, '.0f')} s (every stage, export, evaluation and "
+                "benchmark included)."]
+    return out
 
 
 def cost_table(label: str, c: dict[str, Any]) -> list[str]:
@@ -103,6 +134,7 @@ def render(doc: dict[str, Any]) -> str:
                 f"{(comp.get('gate') or {}).get('status')}, pick {comp.get('selected')}.", ""]
         out += compression_table(comp)
         out += ["", "## Targets", ""] + targets_section(comp.get("targets") or {})
+    out += peer_section(doc)
     cost = doc.get("cost") or {}
     if cost:
         out += ["", "## Pipeline cost", "",

@@ -65,6 +65,8 @@ class Profile:
     in_process: bool = False           # run stages in this process (faster; peak memory is then cumulative)
     digits_chain: bool = True          # also run the default (digits) chain for the cost table
     budget_s: float = 2400.0           # the mode's wall-time goal (reported, not enforced)
+    seeds: int = 3                     # headline rows (baseline, pick, the peer) over this many training seeds
+    reference_epochs: tuple[int, int] = (15, 5)  # the peer script's epochs (bare, KD): 15 / 5 as written
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -89,7 +91,7 @@ QUICK = Profile(
                # the chain reach promote/report; the targets section still reports the real drop
                "gate.max_accuracy_drop": 100.0},
     warmup=5, runs=50, rounds=1, batch=32, batch_runs=5, throughput_epochs=1, throughput_repeats=1,
-    budget_s=600.0,
+    budget_s=600.0, seeds=1, reference_epochs=(2, 1),
     notes=("quick mode: gate.max_accuracy_drop relaxed to 100 in the realistic chain so it runs to the end; "
            "accuracy figures of a 4-epoch model are not representative",),
 )
@@ -112,7 +114,7 @@ SMOKE = Profile(
                # under test here, not the gates
                "export.min_agreement_quantized": 0.0, "gate.max_latency_ms": 1000.0},
     warmup=1, runs=5, rounds=1, batch=8, batch_runs=2, throughput_epochs=1, throughput_repeats=1,
-    in_process=True, digits_chain=False, budget_s=180.0,
+    in_process=True, digits_chain=False, budget_s=180.0, seeds=2, reference_epochs=(1, 1),
     notes=("smoke mode: tests the runner only; every number is meaningless",),
 )
 
