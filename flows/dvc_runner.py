@@ -54,13 +54,16 @@ def run_stage(root: str | Path, stage: str, on_line: Callable[[str], None] = pri
     result: dict = {}
     lines: list[str] = []
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.rstrip("\n")
-        if line.startswith(MARK):
-            result = json.loads(line[len(MARK):])
-            continue
-        lines.append(line)
-        on_line(line)
+    with proc.stdout:
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            if line.startswith(MARK):
+                result = json.loads(line[len(MARK):])
+                continue
+            if lines and line == lines[-1] and line.startswith(("Running stage", "> ")):
+                continue  # DVC's logger and its CLI set-up both print these
+            lines.append(line)
+            on_line(line)
     code = proc.wait()
     if not result:  # the child died before reporting (killed, out of memory)
         result = {"status": "failed", "error": f"DVC process for {stage!r} ended with exit code {code} and no "

@@ -39,6 +39,8 @@ def run(params: Params, paths: Paths) -> dict:
     cfg = config_for(d.student_arch, d.student_width, tcfg["small_input"], splits.meta)
     shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     teacher_test = evaluate(teacher, splits, "test")["accuracy"]
+    for name in ("distill", "distill_nokd"):  # dvc.yaml plots: present even when a student is not trained
+        (paths.live(name) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     if not d.enabled:
         # DVC outs must exist: ship the teacher under the student names, and say so.
         for name in ("student", "student_nokd"):

@@ -34,14 +34,16 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     comp = doc["compression"]
     names = [r["name"] for r in comp["rows"]]
     cands = json.loads((out / "work" / "realistic" / "models" / "exported" / "candidates.json").read_text())
-    expected = {"baseline_fp32_pytorch", "baseline_fp32_ort", "baseline_fp32_ov", "baseline_ov_int8"}
+    expected = {"baseline_fp32_pytorch", "baseline_fp32_ort", "baseline_fp32_ov", "baseline_ov_int8",
+                "peer_bare_script", "peer_bare_pruned_kd"}  # the external peer, measured like every row
     expected |= {c["name"] for c in cands["candidates"]}
     assert set(names) == expected and len(names) == len(expected)
     assert any(r["precision"] == "int8" and r["kind"] == "candidate" for r in comp["rows"])
     for r in comp["rows"]:
         assert r["status"] == "ok", (r["name"], r["reason"])
-        for key in ("accuracy", "drop", "size_bytes", "gzip_bytes", "params", "macs"):
+        for key in ("accuracy", "size_bytes", "gzip_bytes", "params", "macs"):
             assert r[key] is not None, (r["name"], key)
+        assert r["drop"] is not None or r["kind"] == "peer"
         for setting in ("1_thread", "all_cores"):
             lat = r["latency"][setting]
             assert 0 < lat["p50_ms"] <= lat["p90_ms"] and lat["throughput_fps"] > 0, (r["name"], setting)
@@ -51,11 +53,20 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
                 assert ratio[key] is not None and ratio[key] > 0, (r["name"], ref, key)
     rows = {r["name"]: r for r in comp["rows"]}
     assert rows["baseline_fp32_pytorch"]["ratios"]["pytorch_fp32"]["size_x"] == 1.0
+    peer = rows["peer_bare_pruned_kd"]  # 2 seeds in smoke mode: mean and spread beside the rows
+    assert len(peer["seeds"]["accuracy"]) == 2 and peer["accuracy_mean"] is not None
+    assert peer["macs"] < rows["peer_bare_script"]["macs"] * 0.35  # 50 % of the channels: about a quarter
+    assert len(rows["baseline_fp32_ort"]["seeds"]["accuracy"]) == 2  # the pipeline's second seed
+    assert len(doc["reference"]) == 2 and doc["seeds"]["chains"]["1"]["ok"]
     assert rows["baseline_fp32_ov"]["ratios"]["openvino_fp32"]["p50_speedup_1_thread"] == 1.0
 
     t = comp["targets"]
     assert t["candidate"] == comp["selected"] and t["candidate"] in rows
-    assert [it["op"] for it in t["items"]] == ["<=", ">=", ">=", ">="]
+    assert [it["name"].split(" (")[0] for it in t["items"]] == [
+        "baseline converged", "baseline at least as accurate as the bare script", "accuracy drop vs the baseline",
+        "MACs vs the baseline", "size vs FP32 ONNX baseline", "p50 latency vs FP32 PyTorch eager",
+        "p50 latency vs plain NNCF INT8 of the unpruned baseline",
+        "more accurate than the bare script + prune + KD at equal or fewer MACs"]
     assert all(it["value"] is not None and it["met"] in (True, False) for it in t["items"])
 
     stages = doc["cost"]["realistic"]["stages"]
@@ -67,6 +78,7 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
 
     md = (out / "benchmark.md").read_text()
     assert "## Targets" in md and "## Pipeline cost" in md and "baseline_ov_int8" in md
+    assert "## The external peer" in md and "peer_bare_pruned_kd" in md
     assert ("NOT MET" in md) or ("ALL MET" in md)
 
 
