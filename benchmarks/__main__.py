@@ -97,8 +97,9 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     from benchmarks import chain as ch
     from benchmarks import compression, datasource, environment, markdown, throughput
     from benchmarks.profiles import COMMON
+    from edgeopt.errors import ParamsError
     from edgeopt.io import write_json
-    from edgeopt.params import ParamsError, load_params
+    from edgeopt.params import load_params
 
     in_process = profile.in_process if args.in_process is None else args.in_process
     base_params = Path(args.params).resolve()

@@ -25,10 +25,10 @@ from typing import Any, Callable
 
 import yaml
 
+from edgeopt.errors import EXIT_NONE_PASS as EXIT_GATE_NONE_PASS
 from edgeopt.params import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
-EXIT_GATE_NONE_PASS = 3
 HWM_ENV = "EDGEOPT_BENCH_HWM_FILE"
 # `python -m edgeopt.cli ...` plus: write this process's VmHWM (kB) to $EDGEOPT_BENCH_HWM_FILE at exit
 CLI_WITH_HWM = (

@@ -163,11 +163,11 @@ def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs
     timed). `seed_accuracy`: test accuracy of other seeds per row name (mean and spread go beside each row)."""
     import torch
 
+    from edgeopt.accuracy import accuracy_in_runtime
     from edgeopt.arrays import load_meta, normalize, open_split
     from edgeopt.models import load_checkpoint
     from edgeopt.stats import model_stats
     from edgeopt.training import Splits, evaluate
-    from edgeopt.accuracy import accuracy_in_runtime
 
     meta = load_meta(paths.prepared)
     test_x, test_y = open_split(paths.prepared, "test")

@@ -193,7 +193,7 @@ def run(devices: tuple[str, str], epochs: int, max_train: int = 0) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from edgeopt.params import ParamsError
+    from edgeopt.errors import ParamsError
 
     os.environ.setdefault("EDGEOPT_NO_PROGRESS", "1")
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_smoke", description=__doc__.splitlines()[0])

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from edgeopt.params import ParamsError
+from edgeopt.errors import ParamsError
 
 log = logging.getLogger("edgeopt.training")
 _told_fallback = False  # `auto` without a GPU says so once per process, not once per training run

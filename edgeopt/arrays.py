@@ -11,11 +11,9 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from edgeopt.errors import DataError
+
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the file, class or count at fault."""
 
 
 def load_meta(prepared: str | Path) -> dict:

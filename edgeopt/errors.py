@@ -1,7 +1,22 @@
-"""Map the project's known error types to CLI exit codes and one-line messages (torch-free)."""
+"""Every error edgeopt raises on purpose, with its exit code; the one-line message a CLI prints. Torch-free,
+dependency-free: the bottom of the import graph (docs/ARCHITECTURE.md).
+
+Each class carries `exit_code`; the CLI (`edgeopt`), `python -m stages.<name>` (edgeopt.stage.stage_main), the
+Prefect tasks and the benchmark runner all map an exception with `exit_code_for`, so a new error class is mapped
+everywhere by being defined here. tests/test_architecture.py fails on an exception class elsewhere in the
+project that does not derive from EdgeoptError.
+"""
 from __future__ import annotations
 
 import errno
+
+EXIT_OK = 0
+EXIT_FAILED = 1          # a stage failed (the message says why)
+EXIT_USAGE = 2           # bad params, bad arguments
+EXIT_NONE_PASS = 3       # gate: no candidate passes; evaluate-release: accuracy drifted
+EXIT_STALE = 4           # gate / promote: inputs missing, stale or tampered with
+EXIT_REGRESSION = 5      # promote: the release would regress its channel
+EXIT_INTERRUPTED = 130   # Ctrl-C (128 + SIGINT), as a shell reports it
 
 # OS errors a flaky or full disk, a read-only mount or wrong permissions raise: one line and what to do.
 DISK_HINTS = {
@@ -20,27 +35,135 @@ DISK_HINTS = {
 }
 
 
-class GateNonePassError(RuntimeError):
-    """No candidate passes the gates (exit 3)."""
+class EdgeoptError(Exception):
+    """An error whose message says what is wrong and what to do: printed as one line, no traceback, and the
+    process exits with `exit_code`."""
+    exit_code = EXIT_FAILED
 
 
-class StaleInputsError(RuntimeError):
-    """Gate / promote inputs are missing, stale or tampered with (exit 4)."""
+# --- exit 2: bad params or arguments --------------------------------------------------------------------------
+
+class ParamsError(EdgeoptError, ValueError):
+    """A params file that cannot be used; the message names the key and what is allowed."""
+    exit_code = EXIT_USAGE
 
 
-class RegistryError(RuntimeError):
-    """A registry operation refused (exit 1); the message says why."""
+class BenchSettingsError(EdgeoptError, ValueError):
+    """Bench settings no run can finish with (no runs, an infinite budget, ...)."""
+    exit_code = EXIT_USAGE
 
 
-class PromotionRefused(RuntimeError):
-    """Promotion policy: the release would regress the channel it moves (exit 5); the message gives both
-    accuracies and how to override (registry.allow_regression)."""
+class FolderMismatch(EdgeoptError, ValueError):
+    """evaluate-release: DATA_DIR does not fit the release (not a folder, no class folders, a class the release
+    does not know). An argument problem."""
+    exit_code = EXIT_USAGE
 
+
+# --- exit 1: a stage or command failed ------------------------------------------------------------------------
+
+class DataError(EdgeoptError, ValueError):
+    """Data that cannot be used; the message names the file, class or count at fault."""
+
+
+class ValidationFailed(DataError):
+    """Prepared data failed one or more expectations (the validate stage)."""
+
+
+class NothingEvaluated(DataError):
+    """evaluate-release: not one image of DATA_DIR could be decoded, nothing to measure."""
+
+
+class ImageError(DataError):
+    """An image file that cannot become model input; `kind` is the problem class, the message names the file."""
+
+    def __init__(self, path: object, kind: str, detail: str = ""):
+        self.path, self.kind, self.detail = str(path), kind, detail
+        super().__init__(f"{path}: {kind}" + (f" ({detail})" if detail else ""))
+
+
+class CheckpointError(EdgeoptError, ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+class PipelineError(EdgeoptError, ValueError):
+    """dvc.yaml cannot be used as the pipeline definition; the message names the file and the entry."""
+
+
+class JSONFileError(EdgeoptError, ValueError):
+    """A JSON record that cannot be used: not valid JSON, ambiguous, too large, or not a regular file."""
+
+
+class NotRegularFileError(EdgeoptError, ValueError):
+    """A FIFO, device, socket or directory where a file is expected (opening a FIFO would block forever)."""
+
+
+class PathEscapeError(EdgeoptError, ValueError):
+    """A path named inside a record (manifest, candidates.json, gate report, ...) that is not a plain relative
+    path resolving inside the record's directory. Gate and promote report it as StaleInputsError (exit 4)."""
+
+
+class StageError(EdgeoptError, RuntimeError):
+    """A stage could not do its job; the message says why and what to do."""
+
+
+class UndeclaredParam(StageError):
+    """A stage read a param that its dvc.yaml entry does not declare (DVC would not rerun it on a change)."""
+
+
+class ExportError(EdgeoptError, RuntimeError):
+    """A model that could not be exported or converted; the message names the file and the cause."""
+
+
+class RuntimeModelError(EdgeoptError, RuntimeError):
+    """A model file that cannot be loaded or run; the message names the file and what to do."""
+
+
+class RegistryError(EdgeoptError, RuntimeError):
+    """A registry operation refused; the message says why."""
+
+
+# --- exits 3-5: the release decisions -------------------------------------------------------------------------
+
+class GateNonePassError(EdgeoptError, RuntimeError):
+    """No candidate passes the gates. `metrics`: the gate's summary, what metrics/gate.json records."""
+    exit_code = EXIT_NONE_PASS
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics
+
+
+class StaleInputsError(EdgeoptError, RuntimeError):
+    """Gate / promote inputs are missing, stale or tampered with. `metrics`: what the stage records instead."""
+    exit_code = EXIT_STALE
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics
+
+
+class PromotionRefused(EdgeoptError, RuntimeError):
+    """Promotion policy: the release would regress the channel it moves; the message gives both accuracies and
+    how to override (registry.allow_regression)."""
+    exit_code = EXIT_REGRESSION
+
+
+# --- mapping and messages -------------------------------------------------------------------------------------
 
 def safe_text(text: object) -> str:
     """Text from files and records made safe for a terminal line: control and format characters (newline, ESC,
     carriage return, bidi overrides) are shown escaped instead of acting on the terminal."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def first_line(exc: BaseException, limit: int = 300, with_type: bool = False) -> str:
+    """The first useful line of an exception's message (OpenVINO puts its source location lines first), cut at
+    `limit` characters; `with_type` prefixes the exception's class name."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))] or lines
+    if with_type:
+        return f"{type(exc).__name__}: {useful[0][:limit] if useful else ''}"
+    return (useful[0] if useful else type(exc).__name__)[:limit]
 
 
 def os_error_of(exc: BaseException) -> OSError | None:
@@ -65,27 +188,18 @@ def describe(exc: BaseException) -> str:
 
 
 def exit_code_for(exc: BaseException, wrapped: bool = True) -> int | None:
-    try:
-        from edgeopt.params import ParamsError
-    except ImportError:  # device install (no pydantic): no params were loaded, so none can be wrong
-        ParamsError = ()  # type: ignore[assignment]  # isinstance(x, ()) is False
-
-    if isinstance(exc, GateNonePassError):
-        return 3
-    if isinstance(exc, StaleInputsError):
-        return 4
-    if isinstance(exc, PromotionRefused):
-        return 5
-    if isinstance(exc, ParamsError):
-        return 2
-    names = {t.__name__ for t in type(exc).__mro__}
-    if "BenchSettingsError" in names:
-        return 2
-    if names & {"DataError", "CheckpointError", "StageError", "RegistryError", "ValidationFailed",
-                "RuntimeModelError", "FileNotFoundError"}:
-        return 1
-    if isinstance(exc, ValueError) and type(exc).__module__.startswith(("edgeopt", "stages")):
-        return 1
-    if wrapped and os_error_of(exc) is not None:  # disk full, read-only, permissions: anywhere, even wrapped
-        return 1
+    """The exit code of an expected error (its class's, or the one it carries), else None: an unexpected error
+    keeps its traceback. A missing file, and with `wrapped` any OS error behind `exc` (disk full, read-only,
+    permissions), is exit 1."""
+    if isinstance(exc, EdgeoptError):
+        return int(exc.exit_code)
+    if isinstance(exc, FileNotFoundError):
+        return EXIT_FAILED
+    if wrapped and os_error_of(exc) is not None:
+        return EXIT_FAILED
     return None
+
+
+def is_expected(exc: BaseException) -> bool:
+    """True for errors whose message already says what happened and what to do (shown as they are)."""
+    return isinstance(exc, EdgeoptError)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.arrays import DataError
+from edgeopt.errors import ImageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 # Pillow's own bomb guard (~89 M pixels) is far above any classifier input; refuse decoding beyond this.
@@ -28,14 +28,6 @@ HIGH_DEPTH = "unsupported mode (16-bit/float; convert to 8-bit)"
 BOMB = "too large (decompression bomb guard)"
 WRONG_SIZE = "wrong size (data.resize is false)"
 NOT_IMAGE = "not an image file"
-
-
-class ImageError(DataError):
-    """An image file that cannot become model input; `kind` is the problem class, the message names the file."""
-
-    def __init__(self, path: str | Path, kind: str, detail: str = ""):
-        self.path, self.kind, self.detail = str(path), kind, detail
-        super().__init__(f"{path}: {kind}" + (f" ({detail})" if detail else ""))
 
 
 def is_high_depth(mode: str) -> bool:

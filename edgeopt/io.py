@@ -20,15 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from edgeopt.errors import JSONFileError, NotRegularFileError
+
 MAX_JSON_BYTES = 256 << 20  # every JSON record of the pipeline is KB-sized; refuse to load a giant one into memory
-
-
-class JSONFileError(ValueError):
-    """A JSON record that cannot be used: not valid JSON, ambiguous, too large, or not a regular file (exit 1)."""
-
-
-class NotRegularFileError(ValueError):
-    """A FIFO, device, socket or directory where a file is expected (opening a FIFO would block forever)."""
 
 
 def umask() -> int:

@@ -17,14 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeopt.errors import CheckpointError
 from edgeopt.io import atomic_write_bytes
 
 FORMAT = "edgeopt-checkpoint/1"
 ARCHS = ("small_cnn", "resnet18", "resnet34", "vgg16_bn", "mobilenet_v2")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file."""
 
 
 class SmallCNN(nn.Module):

@@ -19,14 +19,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from edgeopt.errors import ExportError, first_line
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 Exporter = Literal["auto", "torchscript", "dynamo"]
-
-
-class ExportError(RuntimeError):
-    """A model that could not be exported or converted; the message names the file and the cause."""
 
 
 @contextlib.contextmanager
@@ -38,11 +36,6 @@ def _temp_dir_next_to(path: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _example_input(input_shape: tuple[int, ...] | list[int], batch: int):
@@ -103,7 +96,7 @@ def export_onnx(model, input_shape: tuple[int, ...] | list[int], path: str | Pat
                 except ExportError:
                     raise
                 except Exception as exc:  # try the next exporter, report all causes if none works
-                    errors.append(f"{name}: {_first_line(exc)}")
+                    errors.append(f"{name}: {first_line(exc, with_type=True)}")
                     continue
                 onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                                     "edgeopt.exporter": name})
@@ -143,7 +136,8 @@ def onnx_to_ir(onnx_path: str | Path, xml_path: str | Path, compress_fp16: bool 
     try:
         ov_model = ov.convert_model(str(onnx_path))
     except Exception as exc:
-        raise ExportError(f"{onnx_path}: OpenVINO could not convert the ONNX model: {_first_line(exc)}") from None
+        raise ExportError(f"{onnx_path}: OpenVINO could not convert the ONNX model: "
+                          f"{first_line(exc, with_type=True)}") from None
     return save_ir(ov_model, xml_path, compress_fp16)
 
 

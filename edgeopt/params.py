@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from edgeopt.errors import ParamsError
 from edgeopt.registry import CHANNEL_PATTERN, NAME_PATTERN
 from edgeopt.runtime import BENCH_LIMITS
 
@@ -18,10 +19,6 @@ OV_MODES = {"ov_int8", "ov_int8_ac", "ov_fp16"}
 MAX_SEED = 2**32 - 1  # numpy (np.random.seed) and scikit-learn random_state accept 0..2**32-1
 PATH_TEXT = r"^[^\x00-\x1f\x7f]+$"  # a path or name in params: non-empty, no NUL/newline/control characters
 ORT_MODES = {"ort_int8_static", "ort_int8_dynamic"}
-
-
-class ParamsError(ValueError):
-    """A params file that cannot be used; the message names the key and what is allowed."""
 
 
 class _Section(BaseModel):
@@ -98,7 +95,6 @@ class Train(Optim):
     pin_memory: bool = True
     channels_last: bool = True
     converged_max_gain: float = Field(0.5, ge=0, le=100)
-
 
 
 class KD(_Section):

@@ -5,10 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-
-class PathEscapeError(ValueError):
-    """A path named inside a record (manifest, candidates.json, gate report, ...) that is not a plain relative
-    path resolving inside the record's directory. Exit code 1 unless the caller maps it (gate/promote: 4)."""
+from edgeopt.errors import PathEscapeError
 
 
 def confined(base: str | Path, rel: object, what: str = "path") -> Path:

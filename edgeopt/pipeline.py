@@ -15,12 +15,10 @@ from typing import Any
 
 import yaml
 
+from edgeopt.errors import PipelineError
+
 REPO = Path(__file__).resolve().parents[1]
 _TEMPLATE = re.compile(r"\$\{\s*([A-Za-z0-9_.\-]+)\s*\}")
-
-
-class PipelineError(ValueError):
-    """dvc.yaml cannot be used as the pipeline definition; the message names the file and the entry."""
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,10 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from edgeopt.errors import RegistryError, safe_text
-from edgeopt.io import (JSONFileError, NotRegularFileError, exchange, fsync_dir, clean_stale_siblings,
-                        loads_strict, read_bytes_regular, sha256_bytes, sha256_file, sha256_json, temp_dir_next_to,
-                        to_jsonable, write_json)
-from edgeopt.paths import PathEscapeError, confined
+from edgeopt.errors import JSONFileError, NotRegularFileError, PathEscapeError, RegistryError, safe_text
+from edgeopt.io import (clean_stale_siblings, exchange, fsync_dir, loads_strict, read_bytes_regular, sha256_bytes,
+                        sha256_file, sha256_json, temp_dir_next_to, to_jsonable, write_json)
+from edgeopt.paths import confined
 
 FORMAT = "edgeopt-registry/1"
 RELEASE_FORMAT = "edgeopt-release/1"

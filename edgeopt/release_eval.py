@@ -25,23 +25,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from edgeopt.arrays import DataError
-from edgeopt.images import IMAGE_EXTENSIONS, NOT_IMAGE, ImageError
+from edgeopt.errors import FolderMismatch, ImageError, NothingEvaluated
+from edgeopt.images import IMAGE_EXTENSIONS, NOT_IMAGE
 from edgeopt.markup import one_line
 
 FORMAT = "edgeopt-release-eval/1"
 DEFAULT_MAX_DROP = 2.0  # points: a few images' worth on a typical test split; tighten for large folders
 DEFAULT_BATCH = 64
 LISTED_SKIPS = 200
-
-
-class FolderMismatch(ValueError):
-    """DATA_DIR does not fit the release (not a folder, no class folders, a class the release does not know).
-    An argument problem: exit 2."""
-
-
-class NothingEvaluated(DataError):
-    """Not one image of DATA_DIR could be decoded: nothing to measure (exit 1)."""
 
 
 @dataclass
@@ -277,10 +268,11 @@ def summarize(manifest: dict[str, Any], folder: Folder, measured: dict[str, Any]
 def evaluate_release(release_dir: str | Path, data_dir: str | Path, load: Callable[[Path], np.ndarray], *,
                      max_drop: float = DEFAULT_MAX_DROP, batch_size: int = DEFAULT_BATCH,
                      threads: int = 0) -> dict[str, Any]:
-    """The report for an already verified release directory (see edgeopt.predict_cli.resolve_release)."""
+    """The report for an already verified release directory (see edgeopt.releases.resolve_release)."""
     import json
 
-    from edgeopt.runtime import RuntimeModelError, load_model
+    from edgeopt.errors import RuntimeModelError
+    from edgeopt.runtime import load_model
 
     d = Path(release_dir)
     manifest = json.loads((d / "manifest.json").read_text())

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgeopt.errors import BenchSettingsError, RuntimeModelError, first_line
+
 RUNTIMES = ("openvino", "onnxruntime")
 FORMATS = {"onnxruntime": "onnx", "openvino": "openvino_ir"}
 SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".xml": "openvino"}
@@ -26,14 +28,6 @@ SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".xml": "openvino"}
 # Bench settings a run can finish with; params.yaml `bench` and the `edgeopt bench` flags share them.
 BENCH_LIMITS: dict[str, tuple[float, float]] = {"threads": (1, 256), "streams": (1, 64), "warmup": (0, 10_000),
                                                 "runs": (1, 100_000), "time_budget_s": (0.0, 3600.0)}
-
-
-class RuntimeModelError(RuntimeError):
-    """A model file that cannot be loaded or run; the message names the file and what to do. Exit code 1."""
-
-
-class BenchSettingsError(ValueError):
-    """Bench settings no run can finish with (no runs, an infinite budget, ...). Exit code 2."""
 
 
 def check_bench_settings(**settings: Any) -> None:
@@ -142,15 +136,7 @@ class RuntimeModel:
             return self._run(x)  # type: ignore[misc]
         except Exception as exc:
             raise RuntimeModelError(f"{self.path}: inference failed in {self.runtime} for input shape "
-                                    f"{list(x.shape)} (model expects {self.input_shape}): {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # OpenVINO puts the useful part after its source location lines.
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))] or lines
-    return (useful[0] if useful else type(exc).__name__)[:300]
+                                    f"{list(x.shape)} (model expects {self.input_shape}): {first_line(exc)}") from None
 
 
 def _dim(d: Any) -> int | None:
@@ -189,7 +175,7 @@ def _load_ort(path: Path, threads: int) -> RuntimeModel:
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise RuntimeModelError(f"{path}: not a loadable ONNX model (corrupt, truncated or unsupported): "
-                                f"{_first_line(exc)}; re-export it or pull the release again") from None
+                                f"{first_line(exc)}; re-export it or pull the release again") from None
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0].name
     if len(sess.get_inputs()) != 1:
         raise RuntimeModelError(f"{path}: expected one input (the image batch), found "
@@ -217,7 +203,7 @@ def _load_ov(path: Path, threads: int, streams: int, device: str, precision: str
         model = core.read_model(str(path), str(weights))
     except Exception as exc:
         raise RuntimeModelError(f"{path}: not a loadable OpenVINO IR (corrupt or truncated .xml/.bin): "
-                                f"{_first_line(exc)}; re-export it or pull the release again") from None
+                                f"{first_line(exc)}; re-export it or pull the release again") from None
     if len(model.inputs) != 1:
         raise RuntimeModelError(f"{path}: expected one input (the image batch), found {len(model.inputs)}")
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(streams)}
@@ -229,7 +215,7 @@ def _load_ov(path: Path, threads: int, streams: int, device: str, precision: str
         compiled = core.compile_model(model, device, config)
     except Exception as exc:
         raise RuntimeModelError(f"{path}: OpenVINO could not compile the model for device {device!r}: "
-                                f"{_first_line(exc)}") from None
+                                f"{first_line(exc)}") from None
     pshape = model.inputs[0].get_partial_shape()
     shape = [d.get_length() if d.is_static else None for d in pshape]
     name = model.inputs[0].get_any_name() if model.inputs[0].get_names() else "input"
@@ -344,8 +330,9 @@ def targets_from_candidates(candidates_json: str | Path, runtimes: tuple[str, ..
 
     Returns (targets, skipped) where skipped maps candidate name -> reason (failed at export, runtime excluded).
     """
+    from edgeopt.errors import PathEscapeError
     from edgeopt.io import read_json
-    from edgeopt.paths import PathEscapeError, confined
+    from edgeopt.paths import confined
 
     path = Path(candidates_json)
     try:

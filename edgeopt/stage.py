@@ -17,6 +17,7 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from edgeopt.cliargs import add_params_args
+from edgeopt.errors import StageError, UndeclaredParam
 from edgeopt.io import write_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
@@ -24,14 +25,6 @@ from edgeopt.paths import Paths
 log = logging.getLogger("edgeopt")
 
 StageFn = Callable[..., dict[str, Any]]
-
-
-class StageError(RuntimeError):
-    """A stage could not do its job; the message says why and what to do. Exit code 1."""
-
-
-class UndeclaredParam(StageError):
-    """A stage read a param that its dvc.yaml entry does not declare (DVC would not rerun it on a change)."""
 
 
 def peak_rss_mb() -> float:
@@ -182,7 +175,7 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from edgeopt.errors import describe, exit_code_for, safe_text
+    from edgeopt.errors import EXIT_INTERRUPTED, describe, exit_code_for, safe_text
     from edgeopt.params import load_params
 
     name = getattr(fn, "stage_name", fn.__name__)
@@ -197,7 +190,7 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
         metrics = fn(load_params(args.params, args.overrides), Paths(Path(args.root)))
     except KeyboardInterrupt:
         print(f"edgeopt {name}: interrupted; outputs of the interrupted stage were not written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # known errors get one clear line, unknown ones a traceback
         code = exit_code_for(exc)
         if code is None:

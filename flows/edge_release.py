@@ -20,9 +20,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
+from edgeopt.errors import ParamsError, PipelineError
 from edgeopt.logs import quiet_third_party
-from edgeopt.params import ParamsError, project_params
-from edgeopt.pipeline import PipelineError, closure, execution_order, load_pipeline
+from edgeopt.params import project_params
+from edgeopt.pipeline import closure, execution_order, load_pipeline
 from flows.tasks import completed_result, run_stages_with_dvc, stopped_because
 from flows.ui import Progress, publish_release
 from flows.workspace import ProjectBusy, project_run

@@ -26,12 +26,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 from prefect_dask import DaskTaskRunner
 
+from edgeopt.errors import ParamsError, PipelineError, StageError
 from edgeopt.io import write_json
-from edgeopt.params import ParamsError
-from edgeopt.paths import Paths
-from edgeopt.stage import StageError
 from edgeopt.params import project_params
-from edgeopt.pipeline import PipelineError, closure, load_pipeline
+from edgeopt.paths import Paths
+from edgeopt.pipeline import closure, load_pipeline
 from flows.tasks import final_states, run_stages_with_dvc, stopped_because, submit_stages
 from flows.ui import png_data_uri, release_rows
 from flows.workspace import ProjectBusy, project_run

@@ -21,27 +21,25 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, wait
 from prefect.states import Completed, Pending, State
 
+from edgeopt.errors import EXIT_FAILED, EdgeoptError, StageError, is_expected
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.pipeline import load_pipeline, upstream
-from edgeopt.stage import StageError
 from flows import dvc_runner
 
 RETRIES = 2
 # OSErrors that name a wrong or missing path: retrying cannot help, the message says what to run or fix
 NOT_TRANSIENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
-# stage errors whose message already says what happened and what to do: shown as they are
-CLEAR_ERRORS = {"GateNonePassError", "StaleInputsError", "ValidationFailed", "DataError", "ParamsError",
-                "StageError", "CheckpointError", "RegistryError", "StageFailed", "PromotionRefused"}
 NOT_RUN = "NotRun"
 
 
-class StageFailed(RuntimeError):
-    """A stage run through DVC failed; the message is the stage's own error line."""
+class StageFailed(EdgeoptError, RuntimeError):
+    """A stage run through DVC failed; the message is the stage's own error line, `exit_code` its exit code."""
 
     def __init__(self, stage: str, message: str, exit_code: int | None = None):
         super().__init__(message)
-        self.stage, self.exit_code = stage, exit_code
+        self.stage = stage
+        self.exit_code = EXIT_FAILED if exit_code is None else exit_code
 
 
 class DvcLockBusy(RuntimeError):
@@ -169,7 +167,7 @@ def stopped_because(states: dict[str, State]) -> str | None:
     name = failed[0]
     exc = states[name].result(raise_on_failure=False)
     if isinstance(exc, BaseException):
-        text = f"{name}: {exc}" if type(exc).__name__ in CLEAR_ERRORS else f"{name} failed: {type(exc).__name__}: {exc}"
+        text = f"{name}: {exc}" if is_expected(exc) else f"{name} failed: {type(exc).__name__}: {exc}"
     else:
         text = f"{name}: {states[name].message or states[name].name}"
     skipped = [n for n, s in states.items() if s.is_pending() or s.is_scheduled()]

@@ -15,8 +15,9 @@ from typing import Iterator
 
 import yaml
 
+from edgeopt.errors import ParamsError
 from edgeopt.io import atomic_write_bytes
-from edgeopt.params import ParamsError, render_params_file
+from edgeopt.params import render_params_file
 
 log = logging.getLogger("edgeopt.flows")
 STATE = Path(".dvc") / "tmp"

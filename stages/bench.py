@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from edgeopt.arrays import load_meta
+from edgeopt.errors import RuntimeModelError, StageError
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.runtime import (RUNTIMES, RuntimeModelError, bench_report, targets_from_candidates,
-                             time_calls)
-from edgeopt.stage import StageError, stage
+from edgeopt.runtime import RUNTIMES, bench_report, targets_from_candidates, time_calls
+from edgeopt.stage import stage
 
 log = logging.getLogger("edgeopt.bench")
 

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_text
 from edgeopt.models import _set_module, load_checkpoint, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import StageError, stage
+from edgeopt.stage import stage
 from edgeopt.stats import WEIGHTED, model_stats, unique_weights
 from edgeopt.training import Splits, fit, fit_options, set_seed
 from stages.prune import accuracies

@@ -15,11 +15,12 @@ import numpy as np
 
 from edgeopt.accuracy import accuracy_in_runtime, anon_rss_mb
 from edgeopt.arrays import load_meta, open_split
+from edgeopt.errors import PathEscapeError, RuntimeModelError, StageError
 from edgeopt.io import gzip_size, read_json, sha256_file
 from edgeopt.params import Params
-from edgeopt.paths import PathEscapeError, Paths, confined
-from edgeopt.runtime import RuntimeModelError, load_model
-from edgeopt.stage import StageError, stage
+from edgeopt.paths import Paths, confined
+from edgeopt.runtime import load_model
+from edgeopt.stage import stage
 
 log = logging.getLogger("edgeopt.evaluate")
 CARRIED = ("runtime", "precision", "params", "nonzero_params", "macs", "unique_weights", "sha256")

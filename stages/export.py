@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from edgeopt.arrays import load_meta, normalize, open_split, subset_indices
+from edgeopt.errors import CheckpointError, RuntimeModelError, StageError
 from edgeopt.io import atomic_dir, read_json, sha256_file, write_json
-from edgeopt.models import CheckpointError, load_checkpoint
+from edgeopt.models import load_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.runtime import RUNTIMES, RuntimeModelError, load_model
-from edgeopt.stage import StageError, stage
+from edgeopt.runtime import RUNTIMES, load_model
+from edgeopt.stage import stage
 from edgeopt.stats import model_stats
 
 log = logging.getLogger("edgeopt.export")

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgeopt.models import CheckpointError, load_checkpoint, save_checkpoint
+from edgeopt.errors import CheckpointError
+from edgeopt.models import load_checkpoint, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage

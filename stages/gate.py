@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt import pareto
-from edgeopt.errors import GateNonePassError, StaleInputsError
+from edgeopt.errors import GateNonePassError, PathEscapeError, StaleInputsError
 from edgeopt.io import read_json, sha256_file, sha256_json, write_json
 from edgeopt.params import Params
-from edgeopt.paths import PathEscapeError, Paths, confined
+from edgeopt.paths import Paths, confined
 from edgeopt.stage import stage
 
 log = logging.getLogger("edgeopt.gate")

@@ -25,9 +25,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgeopt.arrays import SPLITS, DataError, NpyWriter
-from edgeopt.images import (BOMB, CORRUPT, HIGH_DEPTH, IMAGE_EXTENSIONS, NOT_IMAGE, NOT_REGULAR, WRONG_SIZE,
-                            ImageError, decode, to_contract)
+from edgeopt.arrays import NpyWriter, SPLITS
+from edgeopt.errors import DataError, ImageError
+from edgeopt.images import (BOMB, CORRUPT, HIGH_DEPTH, IMAGE_EXTENSIONS, NOT_IMAGE, NOT_REGULAR, WRONG_SIZE, decode,
+                            to_contract)
 from edgeopt.io import atomic_dir, write_json
 from edgeopt.params import Data, Params
 from edgeopt.paths import Paths

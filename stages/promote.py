@@ -26,7 +26,8 @@ log = logging.getLogger("edgeopt.promote")
 
 def load_gate_report(paths: Paths) -> dict[str, Any]:
     """reports/gate.json, refused when missing, hand-edited (digest) or stale (inputs changed since)."""
-    from edgeopt.paths import PathEscapeError, confined
+    from edgeopt.errors import PathEscapeError
+    from edgeopt.paths import confined
 
     path = paths.report("gate.json")
     try:
@@ -108,7 +109,8 @@ def release_files(row: dict[str, Any], measured: dict[str, str], paths: Paths) -
     """{name in release: source}, {name in release: sha256 measured by the gate}; the candidate dir is dropped.
     Every file must lie inside models/exported (no '..', absolute path or symlink out): promote never copies an
     outside file into a release."""
-    from edgeopt.paths import PathEscapeError, confined
+    from edgeopt.errors import PathEscapeError
+    from edgeopt.paths import confined
 
     if not isinstance(row.get("files"), list) or not row["files"]:
         raise StaleInputsError(f"gate report: candidate {row.get('name')!r} lists no files; rerun `edgeopt gate`")
@@ -148,7 +150,8 @@ def input_contract(cands: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
 def git_state(root: Path) -> dict[str, Any]:
     """HEAD and whether the code is dirty; the files the pipeline itself writes (dvc.lock, metrics/, reports/,
     dvclive/: git-tracked DVC outputs) do not count, the very `dvc repro` running this stage rewrites them."""
-    from edgeopt.pipeline import PipelineError, load_pipeline
+    from edgeopt.errors import PipelineError
+    from edgeopt.pipeline import load_pipeline
 
     try:
         written = [o for spec in load_pipeline(root).values() for o in spec.outs]
@@ -223,7 +226,8 @@ def check_regression(registry: Registry, model: str, channel: str, row: dict[str
     `max_regression` points below it, unless `allow`."""
     from edgeopt.accuracy import accuracy_in_runtime
     from edgeopt.arrays import load_meta, open_split
-    from edgeopt.runtime import RuntimeModelError, load_model
+    from edgeopt.errors import RuntimeModelError
+    from edgeopt.runtime import load_model
 
     current = registry.channel(model, channel)
     if current is None:

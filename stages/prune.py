@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_text
 from edgeopt.models import load_checkpoint, save_checkpoint
 from edgeopt.params import Params, Prune
 from edgeopt.paths import Paths
-from edgeopt.stage import StageError, stage
+from edgeopt.stage import stage
 from edgeopt.stats import WEIGHTED, count_macs, count_params, model_stats
 from edgeopt.training import Splits, evaluate, set_seed
 

@@ -28,12 +28,13 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeopt.arrays import load_meta, normalize, open_split, subset_indices
+from edgeopt.errors import CheckpointError, StageError
 from edgeopt.io import atomic_dir, gzip_size, read_json, tree_size, write_json
-from edgeopt.models import CheckpointError, load_checkpoint
+from edgeopt.models import load_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.runtime import load_model
-from edgeopt.stage import StageError, stage
+from edgeopt.stage import stage
 from edgeopt.training import fit_options, set_seed
 
 log = logging.getLogger("edgeopt.quantize")

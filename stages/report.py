@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt import markup as mk
+from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_bytes, atomic_write_text, read_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.pipeline import closure, load_pipeline
-from edgeopt.stage import StageError, recorded_params, stage
+from edgeopt.stage import recorded_params, stage
 
 log = logging.getLogger("edgeopt.report")
 PIPELINE_STAGES = ("train", "prune", "finetune", "cluster", "distill")  # the report deps in dvc.yaml
@@ -139,8 +140,9 @@ def default_params() -> tuple[dict[str, Any] | None, str]:
     """The defaults: params.yaml of the edgeopt repository, as committed (HEAD) when it is a git checkout."""
     import yaml
 
+    from edgeopt.errors import ParamsError
     from edgeopt.gitinfo import git_state, show_file
-    from edgeopt.params import ParamsError, params_from_dict
+    from edgeopt.params import params_from_dict
 
     repo = Path(__file__).resolve().parents[1]
     text = show_file(repo, "params.yaml")

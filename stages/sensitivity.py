@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from edgeopt.arrays import load_meta, normalize, open_split, subset_indices
+from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_bytes, write_json
 from edgeopt.models import load_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import StageError, stage
+from edgeopt.stage import stage
 from edgeopt.training import set_seed
 
 REPORT = "sensitivity.json"

@@ -11,15 +11,12 @@ import logging
 
 import numpy as np
 
-from edgeopt.arrays import SPLITS, DataError, load_meta, open_split
+from edgeopt.arrays import SPLITS, load_meta, open_split
+from edgeopt.errors import DataError, ValidationFailed
 from edgeopt.io import atomic_write_text, write_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import peak_rss_mb, stage
-
-
-class ValidationFailed(DataError):
-    """Prepared data failed one or more expectations."""
 
 
 def image_table(paths: Paths):

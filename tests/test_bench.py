@@ -100,7 +100,7 @@ def test_device_bench_runs_without_torch_and_without_params(tiny_project, tmp_pa
     device.mkdir()  # no params.yaml, no project: only the pulled model files
     blocked = _run(["-c", "import torch"], env, device)
     assert blocked.returncode != 0 and "ModuleNotFoundError" in blocked.stderr  # the block works
-    imports = _run(["-c", "import sys, edgeopt.runtime, edgeopt.cli, edgeopt.cli_bench; "
+    imports = _run(["-c", "import sys, edgeopt.runtime, edgeopt.cli, edgeopt.cli.stage_bench; "
                           "edgeopt.cli.build_parser(); assert 'torch' not in sys.modules or not sys.modules['torch']"],
                    env, device)
     assert imports.returncode == 0, imports.stderr

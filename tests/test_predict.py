@@ -75,7 +75,7 @@ def test_predict_through_registry_ref_is_torch_free(released):
 
 def test_input_contract_resize_and_mode_match_prepared_data(released):
     """An original 8x8 digit saved as RGB goes through mode conversion + resize to the prepared 16x16 pixels."""
-    from edgeopt.predict_cli import load_image
+    from edgeopt.predict import load_image
     from sklearn.datasets import load_digits
 
     root, _, _ = released

@@ -22,7 +22,7 @@ from edgeopt.cli import main as cli_main
 from edgeopt.images import BOMB, CORRUPT, HIGH_DEPTH, NOT_REGULAR, ImageError, decode
 from edgeopt.params import load_params
 from edgeopt.paths import Paths
-from edgeopt.predict_cli import load_image
+from edgeopt.predict import load_image
 
 MODEL = "digits-classifier"
 
@@ -194,7 +194,7 @@ def test_crafted_input_contract_refused_before_decoding(pulled, tmp_path, capsys
     doc = json.loads(man.read_text())
     doc["input"].update(edit)
     man.write_text(json.dumps(doc))
-    from edgeopt.predict_cli import predict
+    from edgeopt.predict import predict
 
     with pytest.raises(Exception, match=r"input contract refused: " + message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
@@ -204,7 +204,7 @@ def test_crafted_input_contract_refused_before_decoding(pulled, tmp_path, capsys
 def test_class_list_that_does_not_match_the_model_is_one_line(pulled, tmp_path):
     rel, good = pulled
     from edgeopt.errors import RegistryError
-    from edgeopt.predict_cli import predict
+    from edgeopt.predict import predict
 
     man = rel / "manifest.json"
     doc = json.loads(man.read_text())

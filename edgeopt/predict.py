@@ -1,81 +1,25 @@
-"""`edgeopt predict RELEASE IMAGE...`: classify image files the way a device does. Torch-free, params-free.
+"""Classify image files the way a device does: a verified release's manifest (input contract, class names) and
+its model in onnxruntime or OpenVINO (edgeopt.runtime). Torch-free, params-free; `edgeopt predict` is the command.
 
-RELEASE is a pulled release directory (manifest.json + model files) or `registry:<model>@<version|channel>`
-resolved through the registry root (`--registry`, else registry.root of params.yaml). Only the manifest is
-used: its input contract (colour mode, resize, mean/std, layout) and class names; the model runs in
-onnxruntime or OpenVINO through edgeopt.runtime. Files are verified against the manifest's sha256 first.
-
-    edgeopt predict release/ digit0.png digit1.png --top-k 3
-    edgeopt predict registry:digits-classifier@production img.png --json
+    predict(resolve_release("release/"), ["digit0.png"], top_k=3)
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REGISTRY_PREFIX = "registry:"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("release", help="pulled release directory, or registry:<model>@<version|channel>")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    p.add_argument("--top-k", type=_positive, default=1, help="labels per image (default 1)")
-    p.add_argument("--json", action="store_true", help="JSON output")
-    p.add_argument("--registry", metavar="DIR", help="registry root for registry:... (default: registry.root)")
-    p.add_argument("--params", default="params.yaml", help="params file naming registry.root (registry:... only)")
-    p.add_argument("--root", default=".", help="project directory the registry root is relative to")
-    p.add_argument("--threads", type=_threads, default=0, help="inference threads (0 = runtime default)")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
-
-
-def _threads(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 256:
-        raise argparse.ArgumentTypeError(f"must be 0..256 (got {value})")
-    return value
-
-
-def resolve_release(release: str, registry: str | None = None, params: str = "params.yaml",
-                    root: str = ".") -> Path:
-    """The verified release directory for a directory path or a registry:<ref>."""
-    from edgeopt.errors import RegistryError
-    from edgeopt.registry import Registry, verify_dir
-
-    if release.startswith(REGISTRY_PREFIX):
-        if registry is None:
-            from edgeopt.registry_cli import registry_root
-
-            registry = str(registry_root(argparse.Namespace(registry=None, root=root, params=params, overrides=[])))
-        reg = Registry(registry)
-        model, version = reg.resolve(release[len(REGISTRY_PREFIX):])
-        problems = reg.verify(model, version)
-        directory = reg.release_dir(model, version)
-    else:
-        directory = Path(release)
-        if not (directory / "manifest.json").is_file():
-            raise RegistryError(f"{directory}: no manifest.json; pass a pulled release directory "
-                                f"(`edgeopt registry pull MODEL@CHANNEL --to DIR`) or registry:<model>@<channel>")
-        problems = verify_dir(directory, pulled=True)
-    if problems:
-        raise RegistryError(f"{release}: release fails verification, refusing to run it: " + "; ".join(problems))
-    return directory
+from edgeopt.errors import ImageError, PathEscapeError, RegistryError
+from edgeopt.images import decode
+from edgeopt.paths import confined
+from edgeopt.registry import read_manifest
+from edgeopt.runtime import RUNTIMES, load_model, predict_images
 
 
 def check_contract(manifest: Any, where: Path) -> tuple[dict[str, Any], list[str]]:
     """(input contract, class names) of a manifest, refused with one line when not what edgeopt writes: a
     crafted contract must not make predict allocate a giant image or divide by a zero std."""
-    from edgeopt.errors import RegistryError
-
     def bad(what: str) -> RegistryError:
         return RegistryError(f"{where}: input contract refused: {what}; this release was not made by edgeopt "
                              f"(or was edited)")
@@ -105,21 +49,15 @@ def check_contract(manifest: Any, where: Path) -> tuple[dict[str, Any], list[str
 
 def load_image(path: str | Path, contract: dict[str, Any]) -> np.ndarray:
     """An image file -> uint8 HWC array per the input contract, decoded exactly as `prepare` decodes training data."""
-    from edgeopt.images import decode
-
     size = contract["resize"]["size"]
     if size[0] != size[1]:
-        from edgeopt.errors import RegistryError
-
-        raise RegistryError(f"input contract size {size} is not square; this release was not made by edgeopt")
+            raise RegistryError(f"input contract size {size} is not square; this release was not made by edgeopt")
     arr = decode(path, int(contract["channels"]), int(size[0]))
     return arr[..., ::-1] if contract.get("color_order") == "BGR" else arr
 
 
 def load_images(paths: list[str | Path], contract: dict[str, Any]) -> np.ndarray:
     """All images as one uint8 NHWC batch; every file that cannot be used is named (not just the first)."""
-    from edgeopt.images import ImageError
-
     arrays, bad = [], []
     for p in paths:
         try:
@@ -142,11 +80,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict(release_dir: str | Path, images: list[str | Path], top_k: int = 1, threads: int = 0) -> dict[str, Any]:
     """Top-k (label, score) per image with the release in `release_dir` (already verified)."""
-    from edgeopt.errors import RegistryError
-    from edgeopt.paths import PathEscapeError, confined
-    from edgeopt.registry import read_manifest
-    from edgeopt.runtime import RUNTIMES, load_model, predict_images
-
     d = Path(release_dir)
     manifest = read_manifest(d)[1]
     contract, classes = check_contract(manifest, d / "manifest.json")
@@ -172,17 +105,3 @@ def predict(release_dir: str | Path, images: list[str | Path], top_k: int = 1, t
                                                     for i in order]})
     return {"release": f"{manifest.get('name')}@{manifest.get('version')}", "runtime": manifest.get("runtime"),
             "results": results}
-
-
-def main(args: argparse.Namespace) -> int:
-    from edgeopt.errors import safe_text
-    from edgeopt.io import to_jsonable
-
-    d = resolve_release(args.release, args.registry, args.params, args.root)
-    out = predict(d, args.images, args.top_k, args.threads)
-    if args.json:
-        print(json.dumps(to_jsonable(out), indent=2, allow_nan=False))  # a NaN score prints as null, not bare NaN
-        return 0
-    for r in out["results"]:
-        print(safe_text(f"{r['image']}: " + ", ".join(f"{t['label']} ({t['score']:.3f})" for t in r["top"])))
-    return 0

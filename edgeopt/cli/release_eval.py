@@ -13,61 +13,42 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 from pathlib import Path
 
+from edgeopt.cli.predict import add_registry_args
+from edgeopt.cliargs import in_range
+from edgeopt.errors import EXIT_NONE_PASS
 from edgeopt.release_eval import DEFAULT_BATCH, DEFAULT_MAX_DROP
-
-EXIT_DRIFT = 3
-EXIT_USAGE = 2
-
-
-def points(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 100 points (got {text})")
-    return value
-
-
-def batch_size(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 4096 (got {text})")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("release", help="pulled release directory, or registry:<model>@<version|channel>")
     p.add_argument("data_dir", metavar="DATA_DIR", help="labelled folder DATA_DIR/<class>/<image>; folder names "
                                                         "are the release's class names")
-    p.add_argument("--max-drop", type=points, default=DEFAULT_MAX_DROP, metavar="POINTS",
+    p.add_argument("--max-drop", type=in_range(0, 100, float, " points"), default=DEFAULT_MAX_DROP, metavar="POINTS",
                    help="exit 3 when accuracy is lower than the manifest's by more than this many points "
                         f"(default {DEFAULT_MAX_DROP:g})")
     p.add_argument("--out", metavar="DIR", help="where report.json and confusion.png go "
                                                 "(default: release-eval/<model>-<version>/)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the text summary")
-    p.add_argument("--batch-size", type=batch_size, default=DEFAULT_BATCH,
+    p.add_argument("--batch-size", type=in_range(1, 4096), default=DEFAULT_BATCH,
                    help=f"images per batch (default {DEFAULT_BATCH})")
-    p.add_argument("--threads", type=int, default=0, help="inference threads (0 = runtime default)")
-    p.add_argument("--registry", metavar="DIR", help="registry root for registry:... (default: registry.root)")
-    p.add_argument("--params", default="params.yaml", help="params file naming registry.root (registry:... only)")
-    p.add_argument("--root", default=".", help="project directory the registry root is relative to")
+    p.add_argument("--threads", type=in_range(0, 256), default=0, help="inference threads (0 = runtime default)")
+    add_registry_args(p)
 
 
 def main(args: argparse.Namespace) -> int:
     from edgeopt.io import atomic_write_bytes, write_json
-    from edgeopt.predict_cli import load_image, resolve_release
-    from edgeopt.release_eval import FolderMismatch, confusion_png, evaluate_release, format_text
+    from edgeopt.predict import load_image
+    from edgeopt.release_eval import confusion_png, evaluate_release, format_text
+    from edgeopt.releases import resolve_release
 
-    release_dir = resolve_release(args.release, args.registry, args.params, args.root)  # verified first
+    release_dir = resolve_release(args.release, args.registry, args.params, args.root, args.overrides)  # verified
     manifest = json.loads((release_dir / "manifest.json").read_text())
     load = functools.partial(load_image, contract=manifest["input"])
-    try:
-        report = evaluate_release(release_dir, args.data_dir, load, max_drop=args.max_drop,
-                                  batch_size=args.batch_size, threads=args.threads)
-    except FolderMismatch as exc:
-        print(f"edgeopt evaluate-release: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    # a DATA_DIR that does not fit the release raises FolderMismatch: exit 2 like any argument error
+    report = evaluate_release(release_dir, args.data_dir, load, max_drop=args.max_drop, batch_size=args.batch_size,
+                              threads=args.threads)
     out = Path(args.out) if args.out else Path("release-eval") / f"{manifest['name']}-{manifest['version']}"
     try:
         png: str | None = str(atomic_write_bytes(out / "confusion.png", confusion_png(report)))
@@ -80,4 +61,4 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(format_text(report))
         print(f"Wrote {out / 'report.json'}" + (f", {png}" if png else " (no PNG: matplotlib is not installed)"))
-    return EXIT_DRIFT if report["status"] == "drift" else 0
+    return EXIT_NONE_PASS if report["status"] == "drift" else 0

@@ -44,7 +44,7 @@ def main(args: argparse.Namespace, params, paths) -> int:
     if needs_params(args):
         given = [f"--{f.replace('_', '-')}" for f in DEVICE_FLAGS if getattr(args, f, None) is not None]
         if given:
-            from edgeopt.params import ParamsError
+            from edgeopt.errors import ParamsError
 
             raise ParamsError(f"{', '.join(given)} apply with --model/--candidates; in the pipeline set "
                               "params instead, e.g. --set bench.threads=2 --set bench.runs=500")

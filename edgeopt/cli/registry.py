@@ -59,22 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("--remote", help="DVC remote name (default: the project's default remote)")
 
 
-def registry_root(args: argparse.Namespace) -> Path:
-    if args.registry is not None:
-        if not args.registry.strip():
-            from edgeopt.errors import RegistryError
-
-            raise RegistryError("--registry '' refused: give the registry directory (an empty path would be the "
-                                "current directory)")
-        return Path(args.registry)
-    from edgeopt.paths import Paths
-
-    paths = Paths(Path(args.root))
-    if not Path(args.params).exists() and not args.overrides:
-        return paths.registry("registry")  # the default of params.yaml: lets a device run without one
-    return paths.registry(_params(args).registry.root)
-
-
 def _params(args: argparse.Namespace):
     from edgeopt.params import load_params
 
@@ -99,11 +83,12 @@ def _obj(value: Any) -> dict:
 def main(args: argparse.Namespace) -> int:
     from edgeopt.errors import RegistryError
     from edgeopt.registry import Registry, actor, verify_dir
+    from edgeopt.releases import registry_root
 
     if args.action == "verify" and args.dir:
         problems = verify_dir(args.dir, pulled=True)
         return _report_problems(args, problems, f"{args.dir}: all files match the manifest")
-    reg = Registry(registry_root(args))
+    reg = Registry(registry_root(args.registry, args.root, args.params, args.overrides))
     if args.action == "list":
         return _list(args, reg)
     if args.action == "show":
@@ -146,9 +131,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _report_problems(args: argparse.Namespace, problems: list[str], ok_text: str) -> int:
-    from edgeopt.errors import RegistryError
-
-    from edgeopt.errors import safe_text
+    from edgeopt.errors import RegistryError, safe_text
 
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
