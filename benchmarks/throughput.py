@@ -47,8 +47,7 @@ def bare_loop(prepared: Path, params: Params, epochs: int, max_batches: int = 0)
     import torch.nn.functional as F
 
     from edgeopt.arrays import load_meta, open_split
-    from edgeopt.models import build_model
-    from stages.train import config_for
+    from edgeopt.models import build_model, config_for
 
     t = params.train
     torch.manual_seed(params.seed)
@@ -149,10 +148,11 @@ def legacy_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, kind
 
 def new_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, kind: str, mean, std, gen,
                 channels_last: bool = False):
-    from edgeopt.batches import augment_batch, batch_loader, normalize_batch
+    from edgeopt.arrays import normalize
+    from edgeopt.batches import augment_batch, batch_loader
 
     for xb, yb in batch_loader(images, labels, batch_size, gen):
-        yield normalize_batch(augment_batch(xb, kind, gen), mean, std, channels_last), yb
+        yield normalize(augment_batch(xb, kind, gen), mean, std, channels_last), yb
 
 
 def pipeline(prepared: Path, params: Params, repeats: int = 3, max_batches: int = 20,
@@ -163,9 +163,8 @@ def pipeline(prepared: Path, params: Params, repeats: int = 3, max_batches: int 
     import torch
     import torch.nn.functional as F
 
-    from edgeopt.models import build_model
+    from edgeopt.models import build_model, config_for
     from edgeopt.training import Splits
-    from stages.train import config_for
 
     torch.set_num_threads(params.train.threads or os.cpu_count() or 1)
     splits = Splits.load(prepared)

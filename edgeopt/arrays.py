@@ -6,11 +6,13 @@ Arrays are opened with mmap, and iterated in batches, so evaluating 10,000+ imag
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from edgeopt.candidates import input_shape
 from edgeopt.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -76,11 +78,27 @@ class NpyWriter:
             self._fh.close()
 
 
-def normalize(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """uint8 NHWC -> float32 NCHW, scaled to [0, 1] then standardised per channel (the input contract)."""
-    x = np.asarray(batch, dtype=np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+SCALE = 255.0  # uint8 pixels -> [0, 1]
+
+
+def normalize(batch, mean, std, channels_last: bool = False):
+    """uint8 NHWC -> float32 NCHW, scaled to [0, 1] then standardised per channel: the input contract, its one
+    implementation. A numpy array (the runtimes; torch-free) gives a C-contiguous array; a torch tensor (training,
+    evaluation) a tensor on its device in the asked memory format, set explicitly with fresh strides: a permuted
+    NHWC tensor is channels_last-strided even when `is_contiguous()` says True (1 channel), and convolutions then
+    pick the channels_last path. `mean` / `std`: per-channel lists (meta.json) or tensors."""
+    tensor = hasattr(batch, "permute")
+    if tensor:
+        import torch
+
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = batch.permute(0, 3, 1, 2).to(torch.float32, memory_format=fmt, copy=True)
+        m, s = (torch.as_tensor(v, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1) for v in (mean, std))
+    else:
+        x = np.asarray(batch, dtype=np.float32).transpose(0, 3, 1, 2)
+        m, s = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in (mean, std))
+    out = (x / SCALE - m) / s
+    return out if tensor else np.ascontiguousarray(out)
 
 
 def iter_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
@@ -102,3 +120,25 @@ def subset_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     inter = [i for group in zip(*[list(g) + [None] * (max(map(len, by_class)) - len(g)) for g in by_class])
              for i in group if i is not None]
     return np.sort(np.asarray(inter[:n]))
+
+
+@dataclass
+class Calibration:
+    """What post-training quantization and the sensitivity scan read, preprocessed by the input contract: a seeded,
+    class-stratified subset of train (calibration) and of the validation split, with its labels."""
+    calib: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    input_shape: tuple[int, int, int]
+
+
+def calibration_set(prepared: str | Path, size: int, seed: int, val_samples: int = 0) -> Calibration:
+    """`size` calibration images of train and `val_samples` validation images (0 = all), both subsets seeded and
+    stratified (`subset_indices`); calibration never touches the test split."""
+    meta = load_meta(prepared)
+    tr_x, tr_y = open_split(prepared, "train")
+    va_x, va_y = open_split(prepared, "val")
+    cal = subset_indices(tr_y, size, seed)
+    val = subset_indices(va_y, val_samples, seed)
+    return Calibration(normalize(tr_x[cal], meta["mean"], meta["std"]), normalize(va_x[val], meta["mean"], meta["std"]),
+                       np.asarray(va_y[val]), input_shape(meta))

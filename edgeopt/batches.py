@@ -96,15 +96,3 @@ def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Ten
     first = torch.arange(0, n * h * w, h * w, device=x.device).view(n, 1, 1)
     pixel = (first + rows.view(n, h, 1) * w + cols.view(n, 1, w)).view(-1)
     return x.reshape(n * h * w, -1).index_select(0, pixel).view(x.shape)
-
-
-def normalize_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                    channels_last: bool = False) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) scaled to [0, 1] and standardised (the input contract).
-
-    The memory format is set explicitly, with fresh strides: a permuted NHWC tensor is channels_last-strided even
-    when `is_contiguous()` says True (1 channel), and convolutions then pick the channels_last path.
-    """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=fmt, copy=True)
-    return out.div_(255.0).sub_(mean.to(out.device)).div_(std.to(out.device))

@@ -187,6 +187,14 @@ def describe(exc: BaseException) -> str:
     return (f"{where}: " if where else "") + (err.strerror or str(err)) + (f"; {hint}" if hint else "")
 
 
+def error_line(command: str, exc: BaseException, one_line: bool = False) -> str:
+    """`edgeopt <command>: error: <message>`, escaped for a terminal; `one_line` escapes newlines too (the line
+    a parent process picks up: dvc_runner, the Prefect tasks)."""
+    text = describe(exc)
+    text = safe_text(text) if one_line else "\n".join(safe_text(line) for line in text.split("\n"))
+    return f"edgeopt {command}: error: {text}"
+
+
 def exit_code_for(exc: BaseException, wrapped: bool = True) -> int | None:
     """The exit code of an expected error (its class's, or the one it carries), else None: an unexpected error
     keeps its traceback. A missing file, and with `wrapped` any OS error behind `exc` (disk full, read-only,

@@ -195,6 +195,15 @@ def read_json(path: str | Path, what: str = "JSON file", limit: int = MAX_JSON_B
         raise JSONFileError(f"{path}: {what} is not valid JSON ({exc}); rerun the stage that writes it") from None
 
 
+def optional_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object record, or None when it is missing, unreadable or not an object (reports, lineage checks)."""
+    try:
+        doc = read_json(path)
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where the OS/filesystem lacks it."""
     import ctypes

@@ -154,6 +154,11 @@ def model_config(arch: str, num_classes: int, in_channels: int, width: float = 1
             "small_input": bool(small_input), "image_size": int(image_size), "shapes": None}
 
 
+def config_for(arch: str, width: float, small_input: bool, meta: dict) -> dict[str, Any]:
+    """Architecture config for the prepared data (classes, channels, image size come from meta.json)."""
+    return model_config(arch, meta["num_classes"], meta["channels"], width, small_input, meta["image_size"])
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
     """A fresh model for a config (shapes applied when the config records them)."""
     m = _zoo(config["arch"], config["num_classes"], config["in_channels"], config["small_input"], config["width"])

@@ -2,23 +2,43 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
+from edgeopt.candidates import ANY_RUNTIME, RUNTIMES, allowed_runtimes
 from edgeopt.errors import ParamsError
 from edgeopt.registry import CHANNEL_PATTERN, NAME_PATTERN
 from edgeopt.runtime import BENCH_LIMITS
 
 Arch = Literal["small_cnn", "resnet18", "resnet34", "vgg16_bn", "mobilenet_v2"]
 Schedule = Literal["onecycle", "cosine", "step", "none"]
-QuantMode = Literal["ov_int8", "ov_int8_ac", "ort_int8_static", "ort_int8_dynamic", "ov_fp16"]
-OV_MODES = {"ov_int8", "ov_int8_ac", "ov_fp16"}
+TargetRuntime = Literal[(*RUNTIMES, ANY_RUNTIME)]  # type: ignore[valid-type]
 MAX_SEED = 2**32 - 1  # numpy (np.random.seed) and scikit-learn random_state accept 0..2**32-1
 PATH_TEXT = r"^[^\x00-\x1f\x7f]+$"  # a path or name in params: non-empty, no NUL/newline/control characters
-ORT_MODES = {"ort_int8_static", "ort_int8_dynamic"}
+
+
+def quantizers():
+    """The quantization modes (edgeopt.quantizers), imported by name on purpose: validating a mode name must not
+    make every stage's DVC code deps include the quantizer builders (only the quantize stage runs them)."""
+    return importlib.import_module("edgeopt.quantizers")
+
+
+def _known_mode(name: str) -> str:
+    listed = quantizers().listed()
+    if name not in listed:
+        expected = " or ".join([", ".join(repr(m) for m in listed[:-1]), repr(listed[-1])] if len(listed) > 1
+                               else [repr(m) for m in listed])
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return name
+
+
+QuantMode = Annotated[str, AfterValidator(_known_mode)]  # a mode of edgeopt.quantizers that quantize.modes may name
 
 
 class _Section(BaseModel):
@@ -62,11 +82,14 @@ class Model(_Section):
     small_input: bool = True
 
 
+EPOCHS, LR = {"ge": 1, "le": 1000}, {"gt": 0, "le": 10}  # bounds of every recipe's epochs / lr
+
+
 class Optim(_Section):
-    """The SGD recipe shared by every stage that trains."""
-    epochs: int = Field(25, ge=1, le=1000)
+    """The SGD recipe shared by every stage that trains (defaults: train's; finetune and distill set their own)."""
+    epochs: int = Field(15, **EPOCHS)
     batch_size: int = Field(64, ge=1, le=4096)
-    lr: float = Field(0.05, gt=0, le=10)
+    lr: float = Field(0.05, **LR)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=0.1)
     schedule: Schedule = "onecycle"
@@ -115,6 +138,8 @@ class Prune(_Section):
 
 
 class Finetune(Optim, KD):
+    epochs: int = Field(8, **EPOCHS)
+    lr: float = Field(0.01, **LR)
     kd: bool = True
 
 
@@ -122,7 +147,7 @@ class Cluster(_Section):
     enabled: bool = True
     n_clusters: int = Field(16, ge=2, le=256)
     fold_bn: bool = True
-    min_weights: int = Field(64, ge=1, le=1_000_000_000)
+    min_weights: int = Field(500, ge=1, le=1_000_000_000)
     finetune_epochs: int = Field(3, ge=0, le=1000)
     lr: float = Field(0.002, gt=0, le=10)
 
@@ -146,6 +171,7 @@ class Quantize(_Section):
 
 
 class Distill(Optim, KD):
+    epochs: int = Field(10, **EPOCHS)
     enabled: bool = True
     teacher: Literal["baseline", "finetuned"] = "finetuned"
     student_arch: Arch = "small_cnn"
@@ -155,8 +181,8 @@ class Distill(Optim, KD):
 
 
 class Target(_Section):
-    name: str = Field("cpu", pattern=PATH_TEXT, max_length=128)
-    runtime: Literal["openvino", "onnxruntime", "any"] = "any"
+    name: str = Field("cpu-x86-avx512", pattern=PATH_TEXT, max_length=128)
+    runtime: TargetRuntime = ANY_RUNTIME
     device: str = Field("CPU", pattern=PATH_TEXT, max_length=128)
 
 
@@ -201,7 +227,7 @@ class Gate(_Section):
 
 class Registry(_Section):
     root: str = Field("registry", pattern=PATH_TEXT, max_length=4096)
-    model_name: str = Field("model", pattern=NAME_PATTERN)  # release names: no path traversal possible
+    model_name: str = Field("digits-classifier", pattern=NAME_PATTERN)  # release names: no path traversal possible
     channel: str = Field("staging", pattern=CHANNEL_PATTERN)
     bump: Literal["major", "minor", "patch"] = "patch"
     tag: bool = True
@@ -233,8 +259,8 @@ class Params(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> "Params":
         modes = set(self.quantize.modes) | (set(self.distill.quantize_modes) if self.distill.enabled else set())
-        rt = self.target.runtime
-        wrong = sorted(modes & (ORT_MODES if rt == "openvino" else OV_MODES if rt == "onnxruntime" else set()))
+        rt, known = self.target.runtime, quantizers().available()
+        wrong = sorted(m for m in modes if known[m].runtime not in allowed_runtimes(rt))
         if wrong:
             raise ValueError(f"quantize.modes / distill.quantize_modes {wrong} need a runtime that "
                              f"target.runtime={rt!r} excludes; drop them or set target.runtime: any")

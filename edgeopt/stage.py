@@ -17,7 +17,8 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from edgeopt.cliargs import add_params_args
-from edgeopt.errors import StageError, UndeclaredParam
+from edgeopt.errors import (EXIT_FAILED, EXIT_INTERRUPTED, StageError, UndeclaredParam, describe, error_line,
+                            exit_code_for, first_line)
 from edgeopt.io import write_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
@@ -141,9 +142,27 @@ def declared_params(stage_name: str, root: Path) -> tuple[str, ...]:
     return specs[stage_name].params
 
 
+def cost_since(t0: float) -> dict[str, float]:
+    return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def failure_metrics(exc: Exception, t0: float) -> dict[str, Any]:
+    """metrics/<stage>.json of a stage that raised: status failed, the error line and its exit code; an error
+    carrying `metrics` (the gate's verdict when none passes) records those instead of status and error."""
+    code = exit_code_for(exc)
+    record = dict(getattr(exc, "metrics", None) or {}) or {
+        "status": "failed", "error": describe(exc) if code is not None else first_line(exc, with_type=True)}
+    record["exit_code"] = EXIT_FAILED if code is None else code
+    record["cost"] = cost_since(t0)
+    return record
+
+
 def stage(name: str) -> Callable[[StageFn], StageFn]:
     """Wrap `fn(params, paths, **kw) -> metrics`: time it, give it only its declared params, write its metrics
     (with the params it ran with, `ran_with`, which promote compares with the params of the release) atomically.
+    A stage that raises gets metrics too (`failure_metrics`: status failed, the error, the exit code), so
+    `dvc metrics show` and the flows see why it stopped; they carry no `ran_with`, so nothing downstream takes
+    them for a record of built outputs.
 
     The wrapped function keeps the same signature, so the CLI (dvc.yaml) and the Prefect tasks call the very
     same function and produce the very same files.
@@ -152,11 +171,18 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
         @functools.wraps(fn)
         def run(params: Params, paths: Paths | None = None, **kwargs: Any) -> dict[str, Any]:
             paths = paths or Paths()
-            view = params if isinstance(params, ParamsView) else ParamsView(params, declared_params(name, paths.root),
-                                                                           name)
             t0 = time.perf_counter()
-            metrics = fn(view, paths, **kwargs)
-            metrics["cost"] = {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+            try:
+                view = params if isinstance(params, ParamsView) else ParamsView(
+                    params, declared_params(name, paths.root), name)
+                metrics = fn(view, paths, **kwargs)
+            except Exception as exc:
+                try:
+                    write_json(paths.metrics(name), failure_metrics(exc, t0))
+                except OSError:  # disk full, read-only: the original error is the one to report
+                    log.debug("%s: could not write the failure metrics", name, exc_info=True)
+                raise
+            metrics["cost"] = cost_since(t0)
             metrics["ran_with"] = ran_with(view, paths)
             write_json(paths.metrics(name), metrics)
             return metrics
@@ -175,7 +201,6 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from edgeopt.errors import EXIT_INTERRUPTED, describe, exit_code_for, safe_text
     from edgeopt.params import load_params
 
     name = getattr(fn, "stage_name", fn.__name__)
@@ -195,7 +220,7 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
         code = exit_code_for(exc)
         if code is None:
             raise
-        print(f"edgeopt {name}: error: {safe_text(describe(exc))}", file=sys.stderr)
+        print(error_line(name, exc, one_line=True), file=sys.stderr)  # the line the Prefect tasks show
         return code
     summary = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
     print(json.dumps({"stage": name, **summary}, default=str))

@@ -20,8 +20,10 @@ from torch import nn
 from tqdm import tqdm
 
 from edgeopt.accel import autocast, describe, grad_scaler, model_device, resolve_device, resolve_precision
-from edgeopt.arrays import load_meta, open_split
-from edgeopt.batches import augment_batch, batch_loader, normalize_batch
+from edgeopt.arrays import load_meta, normalize, open_split
+from edgeopt.batches import augment_batch, batch_loader
+from edgeopt.candidates import input_shape
+from edgeopt.models import load_checkpoint
 
 
 def set_seed(seed: int, threads: int = 0) -> None:
@@ -56,7 +58,7 @@ class Splits:
                   channels_last: bool = False) -> torch.Tensor:
         """uint8 NHWC images (array or tensor) -> the normalised float NCHW batch on `device`."""
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images, copy=True))
-        return normalize_batch(x.to(device), self.mean, self.std, channels_last)
+        return normalize(x.to(device), self.mean, self.std, channels_last)
 
     def augment_kind(self, augment: str) -> str:
         if augment != "auto":
@@ -90,6 +92,35 @@ def evaluate(model: nn.Module, splits: Splits, split: str = "val", batch_size: i
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return {"accuracy": 100.0 * correct / max(n, 1), "loss": loss / max(n, 1)}
+
+
+def accuracies(model: nn.Module, splits: Splits) -> dict[str, float]:
+    """Validation and test accuracy (%) of a PyTorch model: the before/after figures of the compressing stages."""
+    return {f"{s}_accuracy": evaluate(model, splits, s)["accuracy"] for s in ("val", "test")}
+
+
+@dataclass
+class StageStart:
+    """What a stage that continues from a checkpoint begins with (`start_from`)."""
+    splits: Splits
+    source: Path    # the checkpoint file
+    model: nn.Module
+    config: dict
+    info: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return input_shape(self.config)
+
+
+def start_from(params, paths, checkpoint: str) -> StageStart:
+    """How prune, finetune and cluster open: seed and threads (`seed`, `train.threads`), the prepared splits,
+    then checkpoint `checkpoint` (`paths.checkpoint`; a missing or corrupt one is a CheckpointError naming it)."""
+    set_seed(params.seed, params.train.threads)
+    splits = Splits.load(paths.prepared)
+    source = paths.checkpoint(checkpoint)
+    model, config, info = load_checkpoint(source)
+    return StageStart(splits, source, model, config, info)
 
 
 ONECYCLE_PCT_START = 0.25  # fraction of the steps spent raising the LR (torch's default 0.3; fast.ai uses 0.25)
@@ -228,7 +259,7 @@ def fit(model: nn.Module, splits: Splits, recipe, *, seed: int, augment: str = "
             t0 = time.perf_counter()
             for xb, yb in bar:
                 x = augment_batch(xb.to(dev, non_blocking=pin_memory), kind, aug_gen)
-                x = normalize_batch(x, mean, std, channels_last)
+                x = normalize(x, mean, std, channels_last)
                 y = yb.to(dev, non_blocking=pin_memory)
                 with autocast(dev, precision):
                     logits = model(x)

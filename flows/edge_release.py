@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
+from edgeopt.cliargs import add_params_args
 from edgeopt.errors import ParamsError, PipelineError
 from edgeopt.logs import quiet_third_party
 from edgeopt.params import project_params
@@ -82,9 +83,7 @@ def edge_release(params_file: str = "params.yaml", overrides: list[str] | None =
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.edge_release", description=edge_release.description)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--root", default=".")
+    add_params_args(ap)
     ap.add_argument("--target", dest="targets", action="append", default=None, metavar="STAGE")
     args = ap.parse_args(argv)
     state = edge_release(args.params, args.overrides, args.root, args.targets, return_state=True)

@@ -22,6 +22,7 @@ import yaml
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron, Interval
 
+from edgeopt.cliargs import add_params_args
 from flows.edge_release import edge_release
 from flows.sweep import sweep
 
@@ -81,9 +82,7 @@ async def serve_until_stopped(deps: list, limit: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=".", help="project directory (default: .)")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_params_args(ap)
     ap.add_argument("--cron", default=None, help="schedule of the release (default: prefect.yaml's; '' = none)")
     ap.add_argument("--interval", type=float, default=0, help="seconds between scheduled runs instead of a cron")
     ap.add_argument("--timezone", default=None)

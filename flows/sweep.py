@@ -26,16 +26,17 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 from prefect_dask import DaskTaskRunner
 
+from edgeopt.cliargs import add_params_args
 from edgeopt.errors import ParamsError, PipelineError, StageError
+from edgeopt.gating import rank_key
 from edgeopt.io import write_json
 from edgeopt.params import project_params
 from edgeopt.paths import Paths
 from edgeopt.pipeline import closure, load_pipeline
+from edgeopt.results import pareto_front, plot_pareto
 from flows.tasks import final_states, run_stages_with_dvc, stopped_because, submit_stages
 from flows.ui import png_data_uri, release_rows
 from flows.workspace import ProjectBusy, project_run
-from stages.gate import rank_key
-from stages.report import pareto_front, plot_pareto
 
 # Sweep defaults on top of params.yaml: short fine-tuning, no distillation or sensitivity scan, short benches.
 SWEEP_OVERRIDES = ["finetune.epochs=2", "cluster.finetune_epochs=1", "distill.enabled=false",
@@ -221,9 +222,7 @@ def sweep(params_file: str = "params.yaml", overrides: list[str] | None = None, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.sweep", description=sweep.description)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--root", default=".")
+    add_params_args(ap)
     ap.add_argument("--ratio", dest="prune_ratios", type=float, action="append")
     ap.add_argument("--clusters", dest="n_clusters", type=int, action="append")
     ap.add_argument("--mode", dest="quantize_modes", action="append")

@@ -28,10 +28,11 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact, c
 from prefect.states import State
 
 from edgeopt import markup as mk
+from edgeopt.io import optional_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
+from edgeopt.results import COLUMNS, candidate_rows, pareto_front, plot_pareto
 from flows.tasks import completed_result
-from stages.report import COLUMNS, candidate_rows, optional_json, pareto_front, plot_pareto
 
 PASSES = "passes every gate"
 

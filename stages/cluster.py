@@ -21,13 +21,12 @@ from torch import nn
 
 from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_text
-from edgeopt.models import _set_module, load_checkpoint, save_checkpoint
+from edgeopt.models import _set_module, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import WEIGHTED, model_stats, unique_weights
-from edgeopt.training import Splits, fit, fit_options, set_seed
-from stages.prune import accuracies
+from edgeopt.training import Splits, accuracies, fit, fit_options, start_from
 
 MAX_FIT_SAMPLES = 100_000  # k-means is fitted on a seeded sample of a large layer; every weight is then assigned
 
@@ -170,11 +169,9 @@ def _disabled(model: nn.Module, config: dict, paths: Paths, shape: tuple, splits
 @stage("cluster")
 def run(params: Params, paths: Paths) -> dict:
     cfg = params.cluster
-    set_seed(params.seed, params.train.threads)
-    splits = Splits.load(paths.prepared)
-    source = paths.checkpoint("finetuned")
-    model, config, info = load_checkpoint(source)
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    start = start_from(params, paths, "finetuned")
+    splits, source, model, config, info, shape = (start.splits, start.source, start.model, start.config, start.info,
+                                                  start.shape)
     if not cfg.enabled:
         return _disabled(model, config, paths, shape, splits)
 

@@ -4,13 +4,13 @@ Both students share seed, recipe and data, so `kd_gain_points` is the measured e
 """
 from __future__ import annotations
 
-from edgeopt.models import build_model, load_checkpoint, save_checkpoint
+from edgeopt.candidates import input_shape
+from edgeopt.models import build_model, config_for, load_checkpoint, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import model_stats
 from edgeopt.training import Splits, evaluate, fit, fit_options, set_seed
-from stages.train import config_for
 
 
 def _train_student(params: Params, paths: Paths, splits: Splits, cfg: dict, teacher, name: str) -> dict:
@@ -25,9 +25,8 @@ def _train_student(params: Params, paths: Paths, splits: Splits, cfg: dict, teac
     info = {"stage": "distill", "kd": teacher is not None, "val_accuracy": val["accuracy"],
             "test_accuracy": test["accuracy"], "data_hash": splits.meta["content_hash"]}
     path = save_checkpoint(paths.checkpoint(name), student, cfg, info)
-    shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), **result.summary(), **model_stats(student, shape, path)}
+            "epochs_run": len(result.history), **result.summary(), **model_stats(student, input_shape(cfg), path)}
 
 
 @stage("distill")
@@ -37,7 +36,6 @@ def run(params: Params, paths: Paths) -> dict:
     teacher_path = paths.checkpoint(d.teacher)
     teacher, tcfg, _ = load_checkpoint(teacher_path)
     cfg = config_for(d.student_arch, d.student_width, tcfg["small_input"], splits.meta)
-    shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     teacher_test = evaluate(teacher, splits, "test")["accuracy"]
     for name in ("distill", "distill_nokd"):  # dvc.yaml plots: present even when a student is not trained
         (paths.live(name) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
@@ -49,7 +47,7 @@ def run(params: Params, paths: Paths) -> dict:
                 "teacher": d.teacher, "teacher_test_accuracy": teacher_test}
     kd = _train_student(params, paths, splits, cfg, teacher, "student")
     result = {"enabled": True, "teacher": d.teacher, "teacher_test_accuracy": teacher_test,
-              "teacher_params": model_stats(teacher, shape)["params"],
+              "teacher_params": model_stats(teacher, input_shape(cfg))["params"],
               "student_arch": d.student_arch, "student_width": d.student_width,
               "temperature": d.temperature, "alpha": d.alpha,
               "test_accuracy": kd["test_accuracy"], "val_accuracy": kd["val_accuracy"], "student": kd}

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeopt.accuracy import accuracy_in_runtime, anon_rss_mb
 from edgeopt.arrays import load_meta, open_split
 from edgeopt.errors import PathEscapeError, RuntimeModelError, StageError

@@ -17,28 +17,18 @@ import numpy as np
 import torch
 
 from edgeopt.arrays import load_meta, normalize, open_split, subset_indices
-from edgeopt.errors import CheckpointError, RuntimeModelError, StageError
+from edgeopt.candidates import (FORMAT_OF, FP32_SOURCES, allowed_runtimes, baselines, files_of, fp32_name,
+                                input_shape, lineage)
+from edgeopt.errors import CheckpointError, RuntimeModelError, StageError, first_line
 from edgeopt.io import atomic_dir, read_json, sha256_file, write_json
 from edgeopt.models import load_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.runtime import RUNTIMES, load_model
+from edgeopt.runtime import load_model
 from edgeopt.stage import stage
 from edgeopt.stats import model_stats
 
 log = logging.getLogger("edgeopt.export")
-
-FP32_SOURCES = ("baseline", "finetuned", "clustered", "student", "student_nokd")
-FP32_RUNTIMES = {"onnxruntime": ("ort", "onnx", "model.onnx"), "openvino": ("ov", "openvino_ir", "model.xml")}
-# The pipeline stages that produced each checkpoint (when its info does not record them).
-LINEAGE = {"baseline": ["train"], "pruned": ["train", "prune"], "finetuned": ["train", "prune", "finetune"],
-           "clustered": ["train", "prune", "finetune", "cluster"], "student_nokd": ["distill"]}
-
-
-def lineage(name: str, teacher: str) -> list[str]:
-    if name == "student":  # distilled from the teacher: its history, then distillation
-        return lineage(teacher, teacher) + ["distill"]
-    return list(LINEAGE.get(name, [name]))
 
 
 class Source:
@@ -50,8 +40,7 @@ class Source:
         self.model, self.config, info = load_checkpoint(path, meta=meta)  # made for other data -> CheckpointError
         with torch.no_grad():
             self.logits = self.model(torch.from_numpy(x)).numpy()
-        c, h = self.config["in_channels"], self.config["image_size"]
-        self.stats = model_stats(self.model, (c, h, h))
+        self.stats = model_stats(self.model, input_shape(self.config))
         self.stages = list(info.get("stages") or lineage(name, info.get("teacher", params.distill.teacher)))
 
 
@@ -97,19 +86,17 @@ def _export_fp32(src: Source, out_dir: Path, allowed: tuple[str, ...], x: np.nda
                  params: Params) -> list[dict[str, Any]]:
     from edgeopt.onnx_export import export_onnx, onnx_to_ir
 
-    c, h = src.config["in_channels"], src.config["image_size"]
     entries = []
     scratch = out_dir / f".{src.name}.onnx"  # IR is converted from ONNX even when ONNX Runtime is excluded
     error = None
     try:
-        export_onnx(src.model, (1, c, h, h), scratch, params.export.opset)
+        export_onnx(src.model, (1, *input_shape(src.config)), scratch, params.export.opset)
     except Exception as exc:  # unsupported operator, checker failure: the candidates fail, the stage goes on
-        error = f"ONNX export (opset {params.export.opset}) failed: {str(exc).strip().splitlines()[0][:300]}"
+        error = f"ONNX export (opset {params.export.opset}) failed: {first_line(exc)}"
     for runtime in allowed:
-        short, fmt, primary_name = FP32_RUNTIMES[runtime]
-        name = f"{src.name}_fp32_{short}"
+        name, fmt = fp32_name(src.name, runtime), FORMAT_OF[runtime]
         (out_dir / name).mkdir()
-        files = [f"{name}/model.onnx"] if runtime == "onnxruntime" else [f"{name}/model.xml", f"{name}/model.bin"]
+        files = files_of(name, fmt)
         err = error
         if err is None:
             try:
@@ -118,7 +105,7 @@ def _export_fp32(src: Source, out_dir: Path, allowed: tuple[str, ...], x: np.nda
                 else:
                     onnx_to_ir(scratch, out_dir / files[0], compress_fp16=False)
             except Exception as exc:
-                err = f"conversion to OpenVINO IR failed: {str(exc).strip().splitlines()[0][:300]}"
+                err = f"conversion to OpenVINO IR failed: {first_line(exc)}"
         technique = ("FP32 ONNX (opset %d), ONNX Runtime CPU" if runtime == "onnxruntime"
                      else "FP32 OpenVINO IR (from ONNX opset %d)") % params.export.opset
         e = _entry(name, src, out_dir, source=src.name, stages=src.stages + ["export"], technique=technique,
@@ -183,7 +170,7 @@ def _real_checkpoint(path) -> bool:
 
 @stage("export")
 def run(params: Params, paths: Paths) -> dict[str, Any]:
-    allowed = RUNTIMES if params.target.runtime == "any" else (params.target.runtime,)
+    allowed = allowed_runtimes(params.target.runtime)
     meta = load_meta(paths.prepared)
     images, labels = open_split(paths.prepared, "val")
     idx = subset_indices(labels, params.export.parity_samples, params.seed)
@@ -210,8 +197,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         names = [e["name"] for e in entries]
         if len(set(names)) != len(names):
             raise StageError(f"{index_path}: duplicate candidate names {sorted({n for n in names if names.count(n) > 1})}")
-        doc = {"baselines": {rt: f"baseline_fp32_{FP32_RUNTIMES[rt][0]}" for rt in allowed},
-               "input": {"shape": [1, meta["channels"], meta["image_size"], meta["image_size"]],
+        doc = {"baselines": baselines(allowed),
+               "input": {"shape": [1, *input_shape(meta)],
                          "layout": meta.get("layout", "NCHW"), "dtype": meta.get("dtype", "float32"),
                          "mean": meta["mean"], "std": meta["std"], "color_order": meta.get("color_order"),
                          "image_size": meta["image_size"], "classes": meta["classes"]},

@@ -22,8 +22,7 @@ from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import WEIGHTED, model_stats
-from edgeopt.training import Splits, fit, fit_options, set_seed
-from stages.prune import accuracies
+from edgeopt.training import accuracies, fit, fit_options, start_from
 
 
 def keep_zeros(model: nn.Module) -> Callable[[nn.Module], None]:
@@ -43,15 +42,13 @@ def keep_zeros(model: nn.Module) -> Callable[[nn.Module], None]:
 @stage("finetune")
 def run(params: Params, paths: Paths) -> dict:
     cfg = params.finetune
-    set_seed(params.seed, params.train.threads)
-    splits = Splits.load(paths.prepared)
-    source = paths.checkpoint("pruned")
-    model, config, info = load_checkpoint(source)
+    start = start_from(params, paths, "pruned")
+    splits, source, model, config, info, shape = (start.splits, start.source, start.model, start.config, start.info,
+                                                  start.shape)
     baseline, base_config, _ = load_checkpoint(paths.checkpoint("baseline"))
     if base_config["num_classes"] != config["num_classes"]:
         raise CheckpointError(f"{source}: {config['num_classes']} classes but the teacher "
                               f"{paths.checkpoint('baseline')} has {base_config['num_classes']}; rerun prune")
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
     sparse = info.get("mode") == "unstructured"
     reference = accuracies(baseline, splits)
     before = {**model_stats(model, shape, source), **accuracies(model, splits)}

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgeopt.errors import GateNonePassError, PromotionRefused, RegistryError, StaleInputsError
 from edgeopt.gitinfo import git_state as git_state_of
-from edgeopt.io import read_json, sha256_file, sha256_json
+from edgeopt.io import optional_json, read_json, sha256_file, sha256_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.registry import Registry, actor
@@ -73,7 +73,7 @@ def check_rederived(report: dict[str, Any], paths: Paths) -> None:
     from pydantic import ValidationError
 
     from edgeopt.params import Params as ParamsModel
-    from stages.gate import build_report
+    from edgeopt.gating import build_report
 
     path = paths.report("gate.json")
     try:
@@ -209,14 +209,6 @@ def recorded_lineage(params: Params, paths: Paths) -> dict[str, Any]:
                                + "; ".join(shown[:8]) + (f"; +{len(shown) - 8} more" if len(shown) > 8 else "")
                                + "); rerun `dvc repro`, or promote with the params they were built with")
     return {"params": built, "data_hash": meta_hash, "stage_commits": commits}
-
-
-def optional_json(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = read_json(path)
-    except (FileNotFoundError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def check_regression(registry: Registry, model: str, channel: str, row: dict[str, Any], content: dict[str, str],

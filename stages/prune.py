@@ -23,12 +23,12 @@ from torch import nn
 
 from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_text
-from edgeopt.models import load_checkpoint, save_checkpoint
+from edgeopt.models import save_checkpoint
 from edgeopt.params import Params, Prune
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import WEIGHTED, count_macs, count_params, model_stats
-from edgeopt.training import Splits, evaluate, set_seed
+from edgeopt.training import accuracies, start_from
 
 MAX_RATIO = 0.95        # no channel group is cut below 5 % of its width (and never to a single channel)
 SEARCH_TOLERANCE = 0.005  # ratio precision of the MACs/params target search
@@ -197,18 +197,11 @@ def reduction(before: dict, after: dict, key: str) -> float:
     return round(1.0 - after[key] / before[key], 4) if before.get(key) else 0.0
 
 
-def accuracies(model: nn.Module, splits: Splits) -> dict[str, float]:
-    return {f"{s}_accuracy": evaluate(model, splits, s)["accuracy"] for s in ("val", "test")}
-
-
 @stage("prune")
 def run(params: Params, paths: Paths) -> dict:
     cfg = params.prune
-    set_seed(params.seed, params.train.threads)
-    splits = Splits.load(paths.prepared)
-    source = paths.checkpoint("baseline")
-    model, config, _ = load_checkpoint(source)
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    start = start_from(params, paths, "baseline")
+    splits, source, model, config, shape = start.splits, start.source, start.model, start.config, start.shape
     protected = resolve_protected(model, cfg.protect)
     before = {**model_stats(model, shape, source), **accuracies(model, splits)}
     rows_before = layer_rows(model)

@@ -18,11 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.arrays import load_meta, normalize, open_split, subset_indices
+from edgeopt.arrays import calibration_set
 from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_bytes, write_json
 from edgeopt.models import load_checkpoint
@@ -233,21 +232,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     set_seed(params.seed, params.train.threads)
     model, _cfg, _info = load_checkpoint(ckpt)
-    meta = load_meta(paths.prepared)
-    input_shape = (int(meta["channels"]), int(meta["image_size"]), int(meta["image_size"]))
-    tr_x, tr_y = open_split(paths.prepared, "train")
-    va_x, va_y = open_split(paths.prepared, "val")
-    cal = subset_indices(tr_y, params.quantize.calibration_size, params.seed)
-    val = subset_indices(va_y, params.sensitivity.max_samples, params.seed)
-    x_cal = torch.from_numpy(normalize(tr_x[cal], meta["mean"], meta["std"]))
-    x_val = torch.from_numpy(normalize(va_x[val], meta["mean"], meta["std"]))
-    y_val = torch.from_numpy(np.asarray(va_y[val]))
+    data = calibration_set(paths.prepared, params.quantize.calibration_size, params.seed, params.sensitivity.max_samples)
+    x_cal, x_val, y_val = (torch.from_numpy(a) for a in (data.calib, data.val_x, data.val_y))
 
     rows, summary = rank_layers(model, x_cal, x_val, y_val, symmetric_act=params.quantize.preset == "performance")
     if not rows:
         raise StageError(f"{ckpt}: the model has no Conv2d / Linear layer that runs in forward; "
                          "nothing to quantize")
-    onnx_names, ov_names = graph_node_names(model, input_shape, params.export.opset)
+    onnx_names, ov_names = graph_node_names(model, data.input_shape, params.export.opset)
     for r in rows:
         r["onnx_node"] = onnx_names.get(r["layer"])
         r["openvino_node"] = ov_names.get(r["layer"])
@@ -256,13 +248,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "method": "one layer at a time: INT8 per-channel symmetric weights + 8-bit input activations "
                   f"({'symmetric' if params.quantize.preset == 'performance' else 'asymmetric'}, min/max "
                   "calibrated on train); drop = FP32 accuracy - accuracy (points), ties by logits NMSE",
-        "split": "val", "samples": int(len(val)), "calibration_split": "train", "calibration_samples": int(len(cal)),
+        "split": "val", "samples": int(len(y_val)), "calibration_split": "train",
+        "calibration_samples": int(len(x_cal)),
         "preset": params.quantize.preset, **summary, "ranking": rows})
     write_json(paths.report(REPORT), report)
-    _plot(paths.report(PLOT), rows, f"{source}: per-layer INT8 sensitivity ({len(val)} val images, "
+    _plot(paths.report(PLOT), rows, f"{source}: per-layer INT8 sensitivity ({len(y_val)} val images, "
                                     f"FP32 {summary['fp32_accuracy']:.2f} %)", keep=params.quantize.keep_sensitive)
     top = rows[0]
-    return {"enabled": True, "source": source, "layers": len(rows), "samples": int(len(val)),
+    return {"enabled": True, "source": source, "layers": len(rows), "samples": int(len(y_val)),
             **summary, "max_drop": top["drop"], "most_sensitive": top["layer"],
             "layers_with_drop": sum(r["drop"] > 0 for r in rows)}
 

@@ -1,17 +1,13 @@
 """train: the baseline model (model.*, train.*) -> models/baseline.pt, metrics/train.json, DVCLive curves."""
 from __future__ import annotations
 
-from edgeopt.models import build_model, model_config, save_checkpoint
+from edgeopt.candidates import input_shape
+from edgeopt.models import build_model, config_for, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.stage import stage
 from edgeopt.stats import model_stats
 from edgeopt.training import Splits, evaluate, fit, fit_options, set_seed
-
-
-def config_for(arch: str, width: float, small_input: bool, meta: dict) -> dict:
-    """Architecture config for the prepared data (classes, channels, image size come from meta.json)."""
-    return model_config(arch, meta["num_classes"], meta["channels"], width, small_input, meta["image_size"])
 
 
 @stage("train")
@@ -28,7 +24,6 @@ def run(params: Params, paths: Paths) -> dict:
     info = {"stage": "train", "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
             "data_hash": splits.meta["content_hash"], "classes": splits.meta["classes"]}
     path = save_checkpoint(paths.checkpoint("baseline"), model, cfg, info)
-    input_shape = (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     print(f"train: {cfg['arch']} test accuracy {test['accuracy']:.2f}% (val {val['accuracy']:.2f}%, "
           f"best epoch {result.best_epoch}/{len(result.history)}, {result.device['device']}, "
           f"{'converged' if result.convergence['converged'] else 'NOT converged'}: best val "
@@ -37,7 +32,7 @@ def run(params: Params, paths: Paths) -> dict:
             "test_loss": test["loss"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
             "stopped_early": result.stopped_early, "train_images_per_s": round(result.images_per_s, 1),
             **result.summary(),
-            **model_stats(model, input_shape, path), "history": result.history}
+            **model_stats(model, input_shape(cfg), path), "history": result.history}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from edgeopt.arrays import SPLITS, load_meta, open_split
-from edgeopt.errors import DataError, ValidationFailed
+from edgeopt.errors import ValidationFailed
 from edgeopt.io import atomic_write_text, write_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths

@@ -190,7 +190,7 @@ def _row(name, acc, lat, size, baseline=False):
 
 
 def test_equal_latency_goes_to_the_more_accurate_candidate():
-    from stages.gate import rank_rows
+    from edgeopt.gating import rank_rows
 
     # measured: student_fp32_ort 98.06 % and student_nokd_fp32_ort 99.44 % at the same p50 0.027 ms
     rows = [_row("student_fp32_ort", 98.06, 0.027, 76800), _row("student_nokd_fp32_ort", 99.44, 0.027, 76800)]
@@ -206,7 +206,7 @@ def test_equal_latency_goes_to_the_more_accurate_candidate():
 def test_the_pick_is_never_dominated(rank_by):
     import random
 
-    from stages.gate import dominates, rank_rows
+    from edgeopt.gating import dominates, rank_rows
 
     rng = random.Random(7)
     for trial in range(200):

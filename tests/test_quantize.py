@@ -177,7 +177,7 @@ def test_keep_sensitive_layers_stay_fp32(tiny_project):
         assert c["status"] == "ok", c["reason"]
         assert c["details"]["kept_fp32"] == keep
         assert set(keep) <= set(c["details"]["fp32_layers"])
-    from stages.quantize import ov_weight_is_quantized
+    from edgeopt.graphs import ov_weight_is_quantized
 
     kept_ov = {r["openvino_node"] for r in ranking[:2]}
     ops = _ov_weighted(root / "models" / "quantized" / "clustered_ov_int8" / "model.xml")
@@ -195,14 +195,17 @@ def test_keep_sensitive_layers_stay_fp32(tiny_project):
 
 
 def test_a_failing_mode_is_recorded_not_fatal(tiny_project, monkeypatch):
-    import stages.quantize as quantize
+    import dataclasses
+
+    from edgeopt import quantizers
 
     root = _sources(tiny_project)
 
     def broken(*_a, **_k):
         raise RuntimeError("simulated converter crash\nsecond line")
 
-    monkeypatch.setitem(quantize.BUILDERS, "ort_int8_dynamic", broken)
+    mode = quantizers.get("ort_int8_dynamic")
+    monkeypatch.setitem(quantizers._REGISTRY, mode.name, dataclasses.replace(mode, build=broken))
     metrics = _run(root, "distill.enabled=false", "quantize.modes=[ort_int8_dynamic,ov_fp16]")
     index = json.loads((root / "models" / "quantized" / "index.json").read_text())
     failed, ok = index["candidates"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from edgeopt.cliargs import add_params_args
-from edgeopt.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, describe, exit_code_for, safe_text
+from edgeopt.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_line, exit_code_for
 
 # Stage commands with a device mode, offered even where no project (dvc.yaml) is at hand
 DEVICE_STAGES = {"bench": "Latency of model files on this device (--model / --candidates; no project needed)"}
@@ -145,6 +145,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         logging.getLogger("edgeopt").debug("error details", exc_info=True)  # the traceback with --verbose
         # escaped: a message may quote file names or record fields (ESC, CR, bidi characters must not act)
-        text = "\n".join(safe_text(line) for line in describe(exc).split("\n"))
-        print(f"edgeopt {args.command}: error: {text}", file=sys.stderr)
+        print(error_line(args.command, exc), file=sys.stderr)
         return code

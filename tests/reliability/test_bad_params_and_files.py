@@ -52,7 +52,7 @@ PARAMS_CASES = {
     "enum": (_set("data", "source", "mnist"), [], "invalid parameter data.source: Input should be 'digits', "
              "'cifar10' or 'imagefolder' (got 'mnist')"),
     "list_item": (_set("quantize", "modes", ["ov_int4"]), [], "invalid parameter quantize.modes.0: Input should be "
-                  "'ov_int8', 'ov_int8_ac', 'ort_int8_static', 'ort_int8_dynamic' or 'ov_fp16' (got 'ov_int4')"),
+                  "'ort_int8_dynamic', 'ort_int8_static', 'ov_fp16', 'ov_int8' or 'ov_int8_ac' (got 'ov_int4')"),
     "negative_lr": (_set("train", "lr", -1), [], "invalid parameter train.lr: Input should be greater than 0 "
                     "(got -1)"),
     "fraction_range": (_set("data", "val_fraction", 0.7), [], "invalid parameter data.val_fraction: Input should "
