@@ -15,7 +15,7 @@ from typing import Iterator
 
 import yaml
 
-from edgeopt.errors import ParamsError
+from edgeopt.errors import EdgeoptError, ParamsError
 from edgeopt.io import atomic_write_bytes
 from edgeopt.params import render_params_file
 
@@ -25,8 +25,8 @@ LOCK = STATE / "edgeopt-run.lock"
 BACKUP = STATE / "edgeopt-params.yaml.orig"
 
 
-class ProjectBusy(RuntimeError):
-    """Another flow run holds the project."""
+class ProjectBusy(EdgeoptError, RuntimeError):
+    """Another flow run holds the project (exit 1; the message says which lock)."""
 
 
 def restore_interrupted(root: Path) -> bool:

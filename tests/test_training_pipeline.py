@@ -121,7 +121,9 @@ def test_cuda_without_a_gpu_is_a_clear_params_error_and_auto_falls_back_once(mon
         train.run(tiny_params, Paths(tiny_project))
     assert "train.device is 'cuda'" in str(err.value) and "set train.device: auto" in str(err.value)
     assert exit_code_for(err.value) == 2 and "\n" not in str(err.value)
-    assert not (tiny_project / "metrics" / "train.json").exists()
+    failed = json.loads((tiny_project / "metrics" / "train.json").read_text())  # the stage decorator's record
+    assert failed["status"] == "failed" and failed["exit_code"] == 2 and "train.device is 'cuda'" in failed["error"]
+    assert "ran_with" not in failed  # no lineage: nothing was built
     with caplog.at_level(logging.INFO, logger="edgeopt.training"):
         assert accel.resolve_device("auto") == torch.device("cpu")
         assert accel.resolve_device("auto") == torch.device("cpu")
