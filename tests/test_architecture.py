@@ -202,3 +202,11 @@ def test_the_schedule_lives_in_prefect_yaml_only():
     for path in REPO.glob("*/**/*.py"):
         if path.parts[len(REPO.parts)] in PACKAGES:
             assert not any(c in path.read_text() for c in crons), f"{path} repeats the cron of prefect.yaml"
+
+
+def test_the_architecture_document_is_generated_from_the_code():
+    """docs/ARCHITECTURE.md's pictures and tables (the DVC DAG, the layers, the core's levels, the quantization
+    modes) are what docs/generate_architecture.py makes of the code now."""
+    res = subprocess.run([sys.executable, str(REPO / "docs" / "generate_architecture.py"), "--check"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr
