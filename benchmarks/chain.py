@@ -174,7 +174,7 @@ class Chain:
     def _run_in_process(self, run: StageRun) -> None:
         from edgeopt.errors import exit_code_for
         from edgeopt.paths import Paths
-        from edgeopt.stage import peak_rss_mb
+        from edgeopt.memory import peak_rss_mb
 
         log = self.workdir / "logs" / f"{run.stage}.log"
         run.log = str(log)

@@ -5,25 +5,10 @@ for the no-regression policy), so both numbers come from one code path.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from edgeopt.arrays import iter_batches, normalize
-
-
-def anon_rss_mb() -> float:
-    """Current anonymous resident memory (heap, arrays), excluding file-backed pages of memory-mapped data,
-    which the kernel can drop at any time. Falls back to the peak RSS off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from edgeopt.memory import anon_rss_mb
 
 
 def accuracy_in_runtime(model, images: np.ndarray, labels: np.ndarray, mean: list[float], std: list[float],

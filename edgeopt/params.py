@@ -279,6 +279,17 @@ class Params(_Section):
         return self.model_dump(by_alias=True)
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a nested params mapping, e.g. {"train.epochs": 15}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     """One line for one problem (what a CLI prints on stderr); a header and one line per problem otherwise."""
     lines = [f"{source}: invalid parameters:"]

@@ -24,6 +24,11 @@ def confined(base: str | Path, rel: object, what: str = "path") -> Path:
     return Path(base) / rel
 
 
+def _inside(*parts: str) -> property:
+    """A fixed path inside the project root, as a read-only attribute of Paths."""
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class Paths:
     root: Path = Path(".")
@@ -32,13 +37,8 @@ class Paths:
         object.__setattr__(self, "root", Path(self.root))
 
     # data
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared"
-
-    @property
-    def meta(self) -> Path:
-        return self.prepared / "meta.json"
+    prepared = _inside("data", "prepared")
+    meta = _inside("data", "prepared", "meta.json")
 
     def split(self, name: str) -> Path:
         return self.prepared / name
@@ -48,25 +48,15 @@ class Paths:
         """baseline | pruned | finetuned | clustered | student | student_nokd | qat"""
         return self.root / "models" / f"{name}.pt"
 
-    @property
-    def quantized(self) -> Path:
-        return self.root / "models" / "quantized"
-
-    @property
-    def exported(self) -> Path:
-        return self.root / "models" / "exported"
-
-    @property
-    def candidates(self) -> Path:
-        return self.exported / "candidates.json"
+    quantized = _inside("models", "quantized")
+    exported = _inside("models", "exported")
+    candidates = _inside("models", "exported", "candidates.json")
 
     # metrics and reports
     def metrics(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}.json"
 
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
+    reports = _inside("reports")
 
     def report(self, name: str) -> Path:
         return self.reports / name

@@ -28,6 +28,7 @@ import numpy as np
 from edgeopt.errors import FolderMismatch, ImageError, NothingEvaluated
 from edgeopt.images import IMAGE_EXTENSIONS, NOT_IMAGE
 from edgeopt.markup import one_line
+from edgeopt.memory import status_mb
 
 FORMAT = "edgeopt-release-eval/1"
 DEFAULT_MAX_DROP = 2.0  # points: a few images' worth on a typical test split; tighten for large folders
@@ -107,17 +108,6 @@ def labelled_files(folder: Folder) -> Iterator[tuple[Path, int] | ImageError]:
                 yield (f, label) if f.suffix.lower() in IMAGE_EXTENSIONS else ImageError(f, NOT_IMAGE)
 
 
-def _anon_rss_mb() -> float | None:
-    """Anonymous resident memory (heap, arrays) on Linux; None elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 class _Progress:
     """One self-overwriting stderr line every ~2 s, only on a terminal (EDGEOPT_NO_PROGRESS=1 turns it off)."""
 
@@ -159,14 +149,14 @@ def evaluate_folder(model, manifest: dict[str, Any], folder: Folder, load: Calla
     labels = np.zeros(batch_size, dtype=np.int64)
     filled = 0
     progress = _Progress()
-    rss_start = _anon_rss_mb()
+    rss_start = status_mb("RssAnon")
     rss_peak = rss_start
 
     def flush(n: int) -> None:
         nonlocal rss_peak
         pred = predict_images(model, batch[:n], contract["mean"], contract["std"]).argmax(1)
         np.add.at(confusion, (labels[:n], pred), 1)
-        rss = _anon_rss_mb()
+        rss = status_mb("RssAnon")
         rss_peak = max(rss_peak, rss) if rss is not None and rss_peak is not None else rss_peak
         progress.update(int(confusion.sum()), sum(skipped.values()))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,25 +19,13 @@ from edgeopt.cliargs import add_params_args
 from edgeopt.errors import (EXIT_FAILED, EXIT_INTERRUPTED, StageError, UndeclaredParam, describe, error_line,
                             exit_code_for, first_line)
 from edgeopt.io import write_json
+from edgeopt.memory import peak_rss_mb
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 
 log = logging.getLogger("edgeopt")
 
 StageFn = Callable[..., dict[str, Any]]
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process. On Linux VmHWM: ru_maxrss carries the parent's high-water mark across
-    fork + exec, so a stage started by a big process (`dvc repro`, a test runner with torch loaded) reported the
-    parent's size instead of its own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class ParamsView:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from edgeopt.errors import RuntimeModelError, StageError
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.runtime import RUNTIMES, bench_report, targets_from_candidates, time_calls
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 
 log = logging.getLogger("edgeopt.bench")
 
@@ -116,9 +117,5 @@ def pytorch_reference(params: Params, paths: Paths) -> dict[str, Any]:
     return {"runtime": "pytorch", "version": torch.__version__, "threads": 1, **timing, "status": "ok", "reason": None}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

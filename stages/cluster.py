@@ -12,6 +12,7 @@ metrics/cluster.json. With `cluster.enabled: false` models/clustered.pt is a cop
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,9 @@ from edgeopt.io import atomic_write_text
 from edgeopt.models import _set_module, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.stats import WEIGHTED, model_stats, unique_weights
-from edgeopt.training import Splits, accuracies, fit, fit_options, start_from
+from edgeopt.training import StageStart, accuracies, fit, fit_options, start_from
 
 MAX_FIT_SAMPLES = 100_000  # k-means is fitted on a seeded sample of a large layer; every weight is then assigned
 
@@ -156,12 +157,13 @@ def layers_markdown(before: dict[str, int], after: dict[str, int], sizes: dict[s
     return "\n".join(lines) + "\n"
 
 
-def _disabled(model: nn.Module, config: dict, paths: Paths, shape: tuple, splits: Splits) -> dict[str, Any]:
+def _disabled(start: StageStart, paths: Paths) -> dict[str, Any]:
+    model, splits = start.model, start.splits
     out = paths.checkpoint("clustered")
-    save_checkpoint(out, model, config, {"stage": "cluster", "enabled": False, "source": "finetuned"})
+    save_checkpoint(out, model, start.config, {"stage": "cluster", "enabled": False, "source": "finetuned"})
     note = "clustering disabled (cluster.enabled: false): models/clustered.pt is a copy of models/finetuned.pt"
     atomic_write_text(paths.report("cluster_layers.md"), f"# Weight clustering\n\n{note}\n")
-    stats = model_stats(model, shape, out)
+    stats = model_stats(model, start.shape, out)
     return {"enabled": False, "note": note, **accuracies(model, splits), "params": stats["params"],
             "macs": stats["macs"], "unique_weights": stats["unique_weights"], "after": stats}
 
@@ -170,10 +172,9 @@ def _disabled(model: nn.Module, config: dict, paths: Paths, shape: tuple, splits
 def run(params: Params, paths: Paths) -> dict:
     cfg = params.cluster
     start = start_from(params, paths, "finetuned")
-    splits, source, model, config, info, shape = (start.splits, start.source, start.model, start.config, start.info,
-                                                  start.shape)
     if not cfg.enabled:
-        return _disabled(model, config, paths, shape, splits)
+        return _disabled(start, paths)
+    splits, source, model, config, shape = start.splits, start.source, start.model, start.config, start.shape
 
     before = {**model_stats(model, shape, source), **accuracies(model, splits)}
     folded = fold_batchnorm(model) if cfg.fold_bn else []
@@ -201,7 +202,7 @@ def run(params: Params, paths: Paths) -> dict:
     out = paths.checkpoint("clustered")
     save_checkpoint(out, model, config, {"stage": "cluster", "enabled": True, "source": "finetuned",
                                          "n_clusters": cfg.n_clusters, "fold_bn": cfg.fold_bn,
-                                         "clustered_layers": sorted(clustered), "pruning_mode": info.get("mode")})
+                                         "clustered_layers": sorted(clustered), "pruning_mode": start.info.get("mode")})
     sizes = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, WEIGHTED)}
     atomic_write_text(paths.report("cluster_layers.md"), layers_markdown(
         unique_before, unique_after, sizes, clustered, skipped, folded, cfg.n_clusters))
@@ -223,9 +224,5 @@ def run(params: Params, paths: Paths) -> dict:
             "before": before, "after": after}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -4,11 +4,13 @@ Both students share seed, recipe and data, so `kd_gain_points` is the measured e
 """
 from __future__ import annotations
 
+import sys
+
 from edgeopt.candidates import input_shape
 from edgeopt.models import build_model, config_for, load_checkpoint, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.stats import model_stats
 from edgeopt.training import Splits, evaluate, fit, fit_options, set_seed
 
@@ -63,9 +65,5 @@ def run(params: Params, paths: Paths) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -7,18 +7,20 @@ accuracy of the shipped file in the runtime the device runs.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from edgeopt.accuracy import accuracy_in_runtime, anon_rss_mb
+from edgeopt.accuracy import accuracy_in_runtime
 from edgeopt.arrays import load_meta, open_split
 from edgeopt.errors import PathEscapeError, RuntimeModelError, StageError
 from edgeopt.io import gzip_size, read_json, sha256_file
+from edgeopt.memory import anon_rss_mb
 from edgeopt.params import Params
 from edgeopt.paths import Paths, confined
 from edgeopt.runtime import load_model
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 
 log = logging.getLogger("edgeopt.evaluate")
 CARRIED = ("runtime", "precision", "params", "nonzero_params", "macs", "unique_weights", "sha256")
@@ -116,9 +118,5 @@ def _add_drops(results: dict[str, Any], baselines: dict[str, str | None]) -> Non
             r["reason"] = f"no FP32 baseline accuracy in {r['runtime']} to compare with (baseline {base_name!r} failed)"
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

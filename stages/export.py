@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from edgeopt.models import load_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.runtime import load_model
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.stats import model_stats
 
 log = logging.getLogger("edgeopt.export")
@@ -219,9 +220,5 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                        for e in entries if e["parity"]}}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

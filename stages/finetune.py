@@ -11,6 +11,7 @@ metrics/finetune.json.
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Callable
 
 import torch
@@ -20,7 +21,7 @@ from edgeopt.errors import CheckpointError
 from edgeopt.models import load_checkpoint, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.stats import WEIGHTED, model_stats
 from edgeopt.training import accuracies, fit, fit_options, start_from
 
@@ -43,13 +44,12 @@ def keep_zeros(model: nn.Module) -> Callable[[nn.Module], None]:
 def run(params: Params, paths: Paths) -> dict:
     cfg = params.finetune
     start = start_from(params, paths, "pruned")
-    splits, source, model, config, info, shape = (start.splits, start.source, start.model, start.config, start.info,
-                                                  start.shape)
+    splits, source, model, config, shape = start.splits, start.source, start.model, start.config, start.shape
     baseline, base_config, _ = load_checkpoint(paths.checkpoint("baseline"))
     if base_config["num_classes"] != config["num_classes"]:
         raise CheckpointError(f"{source}: {config['num_classes']} classes but the teacher "
                               f"{paths.checkpoint('baseline')} has {base_config['num_classes']}; rerun prune")
-    sparse = info.get("mode") == "unstructured"
+    sparse = start.info.get("mode") == "unstructured"
     reference = accuracies(baseline, splits)
     before = {**model_stats(model, shape, source), **accuracies(model, splits)}
     pruned_state = copy.deepcopy(model.state_dict())
@@ -66,7 +66,7 @@ def run(params: Params, paths: Paths) -> dict:
     recipe = {"epochs": cfg.epochs, "lr": cfg.lr, "schedule": cfg.schedule, "label_smoothing": cfg.label_smoothing,
               "kd": cfg.kd,
               **({"temperature": cfg.temperature, "alpha": cfg.alpha} if cfg.kd else {})}
-    save_checkpoint(out, model, config, {"stage": "finetune", "source": "pruned", "mode": info.get("mode"),
+    save_checkpoint(out, model, config, {"stage": "finetune", "source": "pruned", "mode": start.info.get("mode"),
                                          "recipe": recipe})
     after = {**model_stats(model, shape, out), **accuracies(model, splits)}
     return {"val_accuracy": after["val_accuracy"], "test_accuracy": after["test_accuracy"],
@@ -80,9 +80,5 @@ def run(params: Params, paths: Paths) -> dict:
             "before": before, "after": after, "history": result.history}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -9,6 +9,7 @@ when its inputs are missing, stale or tampered with StaleInputsError (exit 4): `
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from edgeopt.gating import build_report, format_table, rel, stale_report, summar
 from edgeopt.io import write_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 
 log = logging.getLogger("edgeopt.gate")
 
@@ -42,9 +43,5 @@ def run(params: Params, paths: Paths, latency_report: str | Path | None = None) 
     return metrics
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import math
 import os
+import sys
 import unicodedata
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,7 +33,7 @@ from edgeopt.images import (BOMB, CORRUPT, HIGH_DEPTH, IMAGE_EXTENSIONS, NOT_IMA
 from edgeopt.io import atomic_dir, write_json
 from edgeopt.params import Data, Params
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 
 # Class folder names become labels, file names (samples) and report text: long enough for any real label, short
 # enough for file-system limits (255 bytes per name) and readable reports.
@@ -546,9 +547,5 @@ def _write_samples(folder: Path, images: np.ndarray, labels: np.ndarray, classes
         Image.fromarray(img).save(folder / f"test_{i:03d}_{classes[labels[i]]}.png")
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

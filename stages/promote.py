@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,7 +20,7 @@ from edgeopt.io import optional_json, read_json, sha256_file, sha256_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.registry import Registry, actor
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 
 log = logging.getLogger("edgeopt.promote")
 
@@ -376,9 +377,5 @@ def run(params: Params, paths: Paths, channel: str | None = None, candidate: str
                              allow_regression=allow_regression)
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -15,6 +15,7 @@ Reads models/baseline.pt, data/prepared; writes models/pruned.pt, reports/prune_
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from typing import Any
 
@@ -26,7 +27,7 @@ from edgeopt.io import atomic_write_text
 from edgeopt.models import save_checkpoint
 from edgeopt.params import Params, Prune
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.stats import WEIGHTED, count_macs, count_params, model_stats
 from edgeopt.training import accuracies, start_from
 
@@ -238,9 +239,5 @@ def run(params: Params, paths: Paths) -> dict:
             "before": before, "after": after}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from edgeopt.params import Params
 from edgeopt.paths import Paths
 from edgeopt.quantizers import Job, Quantizer, Source
 from edgeopt.runtime import load_model
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.training import set_seed
 
 log = logging.getLogger("edgeopt.quantize")
@@ -177,9 +178,5 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "calibration_samples": int(len(data.calib)), "val_samples": int(len(data.val_y))}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -14,6 +14,7 @@ import base64
 import csv
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,12 @@ from typing import Any
 from edgeopt import markup as mk
 from edgeopt.errors import StageError
 from edgeopt.io import atomic_write_bytes, atomic_write_text, optional_json
-from edgeopt.params import Params
+from edgeopt.params import Params, flatten
 from edgeopt.paths import Paths
 from edgeopt.pipeline import closure, load_pipeline
 from edgeopt.results import (TABLE, TEXT_COLUMNS, candidate_rows, cell, markdown_table, pareto_front,  # noqa: F401
                              plot_pareto)
-from edgeopt.stage import recorded_params, stage
+from edgeopt.stage import recorded_params, stage, stage_main
 
 log = logging.getLogger("edgeopt.report")
 PIPELINE_STAGES = ("train", "prune", "finetune", "cluster", "distill")  # the report deps in dvc.yaml
@@ -38,19 +39,9 @@ CURVES = (("train: baseline", "train", "history", "train"),
           ("distill: student without KD", "distill", None, "distill_nokd"))
 # --- what was run -------------------------------------------------------------------------------------------
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def params_diff(run: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(dotted key, default, this run) for every param of the run that differs from its default, sorted by key."""
-    a, b = _flatten(defaults), _flatten(run)
+    a, b = flatten(defaults), flatten(run)
     missing = object()
     return [(k, a.get(k), b.get(k)) for k in sorted(b) if a.get(k, missing) != b[k]]
 
@@ -438,9 +429,5 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "outputs": [os.path.join("reports", n) for n in ("report.md", "report.html", *pngs, "model_card.md")]}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -13,6 +13,7 @@ names, so the quantize stage can keep the top layers in FP32), reports/sensitivi
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from edgeopt.io import atomic_write_bytes, write_json
 from edgeopt.models import load_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.training import set_seed
 
 REPORT = "sensitivity.json"
@@ -260,9 +261,5 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "layers_with_drop": sum(r["drop"] > 0 for r in rows)}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

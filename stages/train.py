@@ -1,11 +1,13 @@
 """train: the baseline model (model.*, train.*) -> models/baseline.pt, metrics/train.json, DVCLive curves."""
 from __future__ import annotations
 
+import sys
+
 from edgeopt.candidates import input_shape
 from edgeopt.models import build_model, config_for, save_checkpoint
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import stage
+from edgeopt.stage import stage, stage_main
 from edgeopt.stats import model_stats
 from edgeopt.training import Splits, evaluate, fit, fit_options, set_seed
 
@@ -35,9 +37,5 @@ def run(params: Params, paths: Paths) -> dict:
             **model_stats(model, input_shape(cfg), path), "history": result.history}
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 
 import numpy as np
 
@@ -16,7 +17,8 @@ from edgeopt.errors import ValidationFailed
 from edgeopt.io import atomic_write_text, write_json
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.stage import peak_rss_mb, stage
+from edgeopt.memory import peak_rss_mb
+from edgeopt.stage import stage, stage_main
 
 
 def image_table(paths: Paths):
@@ -136,9 +138,5 @@ def run(params: Params, paths: Paths) -> dict:
     return report
 
 
-if __name__ == "__main__":
-    import sys
-
-    from edgeopt.stage import stage_main
-
+if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
     sys.exit(stage_main(run))

@@ -175,22 +175,12 @@ def test_an_export_error_reaching_the_cli_is_one_line_and_exit_1(monkeypatch, ca
                   "unsupported op\n"
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_params_defaults_are_params_yaml():
     """params.yaml is the one home of every default: the typed models' defaults equal it, key by key."""
-    from edgeopt.params import Params
+    from edgeopt.params import Params, flatten
 
-    shipped = _flat(yaml.safe_load((REPO / "params.yaml").read_text()))
-    defaults = _flat(Params().model_dump(by_alias=True))
+    shipped = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    defaults = flatten(Params().model_dump(by_alias=True))
     assert sorted(defaults) == sorted(shipped)
     assert {k: v for k, v in defaults.items() if shipped[k] != v} == {}
 
