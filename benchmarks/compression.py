@@ -338,7 +338,7 @@ def _drops(rows: list[dict[str, Any]], baselines: dict[str, str]) -> None:
 
 
 def _x(num: float | None, den: float | None) -> float | None:
-    return round(num / den, 3) if num and den else None
+    return float(f"{num / den:.4g}") if num and den else None  # significant digits: a tiny ratio is not 0
 
 
 def _ratios(rows: list[dict[str, Any]], refs: dict[str, str | None]) -> None:

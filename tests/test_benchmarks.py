@@ -116,25 +116,32 @@ def test_ratios_and_targets_from_synthetic_rows():
             _row("baseline_fp32_ort", "baseline", "onnxruntime", 90.0, 4000, 3.0),
             _row("baseline_fp32_ov", "baseline", "openvino", 90.0, 4000, 2.0),
             _row("baseline_ov_int8", "baseline", "openvino", 89.9, 1000, 1.0),
-            _row("small_ov_int8", "candidate", "openvino", 89.5, 100, 0.25, macs=10)]
+            _row("peer_bare_script", "peer", "onnxruntime", 89.5, 4000, 3.0),
+            _row("peer_bare_pruned_kd", "peer", "onnxruntime", 89.0, 1000, 1.0, macs=25),
+            _row("small_ov_int8", "candidate", "openvino", 89.7, 100, 0.25, macs=10)]
     refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": "baseline_fp32_ov",
             "onnx_fp32": "baseline_fp32_ort", "baseline_ov_int8": "baseline_ov_int8"}
     compression._drops(rows, {"openvino": "baseline_fp32_ov", "onnxruntime": "baseline_fp32_ort"})
     compression._ratios(rows, refs)
     small = rows[-1]
-    assert small["drop"] == 0.5 and small["drop_against"] == "baseline_fp32_ov"
+    assert small["drop"] == pytest.approx(0.3) and small["drop_against"] == "baseline_fp32_ov"
     assert small["ratios"]["pytorch_fp32"]["size_x"] == 40.0
     assert small["ratios"]["pytorch_fp32"]["p50_speedup_1_thread"] == 40.0
     assert small["ratios"]["openvino_fp32"]["p50_speedup_1_thread"] == 8.0
     assert small["ratios"]["openvino_fp32"]["macs_x"] == 10.0
-    t = compression.targets(rows, "small_ov_int8", "gate", refs)
-    assert [it["met"] for it in t["items"]] == [True, True, True, True] and t["all_met"]
-    rows[-1]["latency"]["1_thread"] = {"p50_ms": 0.5, "p90_ms": 0.6}
-    t = compression.targets(rows, "small_ov_int8", "gate", refs)
-    assert [it["met"] for it in t["items"]] == [True, True, True, False] and not t["all_met"]
+    converged = {"converged": True, "val_gain": 0.1, "max_gain": 0.5, "epochs": 30}
+    t = compression.targets(rows, "small_ov_int8", "gate", refs, converged)
+    assert [it["met"] for it in t["items"]] == [True] * 8 and t["all_met"]
+    rows[-1]["latency"]["1_thread"] = {"p50_ms": 0.5, "p90_ms": 0.6}  # 20x PyTorch, 2x plain INT8: too slow
+    rows[-2]["accuracy"] = 89.8  # and the peer's pruned model now beats it
+    t = compression.targets(rows, "small_ov_int8", "gate", refs, converged)
+    assert [it["met"] for it in t["items"]] == [True, True, True, True, True, False, False, False]
+    unconverged = compression.targets(rows, "small_ov_int8", "gate", refs, {**converged, "val_gain": 2.0,
+                                                                              "converged": False})
+    assert unconverged["items"][0]["met"] is False and "did not converge" in unconverged["note"]
     md = markdown.render({"mode": "test", "compression": {"rows": rows, "targets": t, "protocol": {},
                                                           "selected": "small_ov_int8"}})
-    assert "**NOT MET**" in md and "| small_ov_int8 |" in md
+    assert "**NOT MET**" in md and "| small_ov_int8 |" in md and "| peer_bare_pruned_kd |" in md
 
 
 def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):

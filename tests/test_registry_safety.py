@@ -74,8 +74,10 @@ def flow_run(root: Path, *overrides: str) -> None:
 @pytest.mark.slow
 def test_releases_survive_interleaved_orchestrators_experiments_and_checkouts(project, tmp_path):
     root = project
-    first_commit = git(root, "rev-parse", "HEAD")
     flow_run(root, "finetune.lr=0.011")                                        # 0.0.1: a Prefect run
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "first results")                               # dvc.lock + metrics of 0.0.1
+    first_commit = git(root, "rev-parse", "HEAD")
     set_params(root, "finetune.lr=0.012")
     git(root, "commit", "-qam", "lr 0.012")
     dvc(root, "repro")                                                        # 0.0.2: dvc repro
