@@ -215,9 +215,9 @@ def search(params_file: str = "params.yaml", overrides: list[str] | None = None,
     study_dir = out_dir / "study"
     try:
         params = project_params(params_file, base, root_path)
-        given = {"trials": trials, "workers": workers, "timeout_s": timeout_s}
-        settings = Search.model_validate({**params.search.model_dump(),
-                                          **{k: v for k, v in given.items() if v is not None}})
+        given = {"trials": trials, "workers": workers, "timeout_s": timeout_s}  # validated like search.* keys
+        settings = project_params(params_file, base + [f"search.{k}={v}" for k, v in given.items() if v is not None],
+                                  root_path).search
         if not knobs(params):
             raise ParamsError("search.space is empty: give at least one knob, e.g. prune: {ratio: {low: 0.2, "
                               "high: 0.8}}")

@@ -179,7 +179,8 @@ def _status(doc: dict[str, Any]) -> tuple[str, str]:
 def _publish(doc: dict[str, Any], rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
     best = doc["best"]
     create_table_artifact(key="edge-search", description=doc["message"][:500], table=[
-        {"trial": r["trial"], "state": r["state"], "objective (val %)": r["objective"], "feasible": r["feasible"],
+        {"trial": r["trial"], "state": r["state"], "feasible": r["feasible"],
+         "objective (val %)": round(r["objective"], 3) if r["objective"] is not None else None,
          "pick": mk.md_cell(r["pick"]), "pruned after": r["pruned_after"] or "-",
          "why": mk.md_cell(r["infeasible_reason"] or r["reason"] or "-"),
          "params": mk.md_cell(" ".join(r["overrides"])), "best": bool(best and best["trial"] == r["trial"])}
