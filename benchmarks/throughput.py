@@ -112,14 +112,15 @@ def stage_loop(prepared: Path, params: Params, epochs: int, scratch: Path) -> di
 
 PIPELINE_DEFINITION = (
     "images/s on CPU over the same batches (batch_size, seeded order, the data's augmentation: crop_flip for RGB), "
-    "best of alternating repeats. loader_alone: model-ready float NCHW batches only (read from the memmapped "
-    "split, augment, normalise); training: the same plus forward+loss+backward+SGD step of the params' model. "
+    "best (and median) of alternating repeats. loader_alone: model-ready float NCHW batches only, one whole "
+    "epoch (read from the memmapped split, augment, normalise); training: the same plus forward+loss+backward+SGD "
+    "step of the params' model over the first batches. "
     "before = the per-image loop edgeopt used until issue 16 (normalise, zero-pad, one slice per image, "
     "torch.stack); after = edgeopt.batches (DataLoader, one index_select per batch on uint8, reflect pad); "
     "after_channels_last = after with model and batches in channels_last")
 
 
-PIPELINE_BATCHES = 10  # batches per pipeline measurement (ResNet-18 w0.5, 32 px: ~10 s of training on 2 cores)
+PIPELINE_BATCHES = 10  # training batches per pipeline measurement (ResNet-18 w0.5, 32 px: ~10 s on 2 cores)
 
 
 def legacy_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, kind: str, mean, std, gen):
@@ -159,6 +160,7 @@ def pipeline(prepared: Path, params: Params, repeats: int = 3, max_batches: int 
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Loader images/s alone vs training images/s, before / after the vectorised pipeline, on CPU."""
     import os
+    import statistics
 
     import torch
     import torch.nn.functional as F
@@ -183,7 +185,7 @@ def pipeline(prepared: Path, params: Params, repeats: int = 3, max_batches: int 
         gen = torch.Generator().manual_seed(params.seed)
         seen, t0 = 0, time.perf_counter()
         for b, (x, y) in enumerate(make(images, labels, bs, kind, splits.mean, splits.std, gen)):
-            if b >= max_batches:
+            if train and b >= max_batches:  # the loader alone reads a whole epoch: ms per batch need many
                 break
             if train:
                 loss = F.cross_entropy(model(x), y)
@@ -206,10 +208,12 @@ def pipeline(prepared: Path, params: Params, repeats: int = 3, max_batches: int 
     best = {k: {"loader_alone": max(loader[k]), "training": max(training[k])} for k in variants}
     for v in best.values():
         v["loader_share_of_step_pct"] = round(100.0 * v["training"] / v["loader_alone"], 2)
+    median = {k: {"loader_alone": statistics.median(loader[k]), "training": statistics.median(training[k])}
+              for k in variants}
     return {"definition": PIPELINE_DEFINITION, "augment": kind, "batch_size": bs, "batches_per_measurement":
             max_batches, "repeats": repeats, "image_shape": list(images.shape[1:]), "threads": torch.get_num_threads(),
             "model": {"arch": params.model.arch, "width": params.model.width}, "runs": {
-                "loader_alone": loader, "training": training}, "best": best,
+                "loader_alone": loader, "training": training}, "best": best, "median": median,
             "loader_speedup": round(best["after"]["loader_alone"] / best["before"]["loader_alone"], 3),
             "training_speedup": round(best["after"]["training"] / best["before"]["training"], 3),
             "channels_last_speedup": round(best["after_channels_last"]["training"] / best["after"]["training"], 3),

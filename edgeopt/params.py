@@ -4,11 +4,11 @@ from __future__ import annotations
 import copy
 import importlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from edgeopt.candidates import ANY_RUNTIME, RUNTIMES, allowed_runtimes
@@ -196,6 +196,7 @@ class Export(_Section):
 
 class Evaluate(_Section):
     batch_size: int = Field(256, ge=1, le=65536)
+    split: Literal["test", "val"] = "test"
 
 
 def _limit(key: str, default: float):
@@ -235,6 +236,88 @@ class Registry(_Section):
     allow_regression: bool = False
 
 
+Choice = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+QUANT_MODE_KNOB = "quantize.mode"  # search-space knob: one mode per trial (quantize.modes and distill.quantize_modes)
+
+
+class Range(_Section):
+    """A numeric search range low..high: `step` > 0 samples on that grid, `log` on a log scale (not both)."""
+    low: float
+    high: float
+    step: float = Field(0.0, ge=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _sane(self) -> "Range":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) must be <= high ({self.high:g})")
+        if self.log and (self.step or self.low <= 0):
+            raise ValueError("log: true needs low > 0 and step: 0")
+        return self
+
+
+Dimension = Union[Range, list[Choice]]
+
+
+def _space(**sections: dict[str, Any]) -> dict[str, dict[str, Dimension]]:
+    return {name: {k: Range(**v) if isinstance(v, dict) else v for k, v in knobs.items()}
+            for name, knobs in sections.items()}
+
+
+def _dimension(where: str, value: Any) -> Dimension:
+    """A range ({low, high, ...}) or a non-empty list of plain values; the error names the knob."""
+    try:
+        if isinstance(value, (dict, Range)):
+            return Range.model_validate(value.model_dump() if isinstance(value, Range) else value)
+        if isinstance(value, list) and value:
+            if not all(isinstance(v, (bool, int, float, str)) for v in value):
+                raise ValueError(f"{where}: choices are plain values (text, numbers, true/false), got {value!r}")
+            return value
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ValueError(f"{where}{''.join('.' + str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}") \
+            from None
+    raise ValueError(f"{where}: expected {{low: .., high: ..}} (a range) or a non-empty [list] of choices, got {value!r}")
+
+
+class Search(_Section):
+    """The whole-chain search (flows/search.py): budget, constraints and the space of params it samples."""
+    trials: int = Field(20, ge=1, le=100_000)
+    timeout_s: float = Field(0.0, ge=0, le=10_000_000)
+    workers: int = Field(2, ge=1, le=1024)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    max_macs: int = Field(0, ge=0, le=2**62)
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = Field(4, ge=0, le=100_000)
+    trial_overrides: list[str] = Field(default_factory=lambda: [
+        "distill.also_without_kd=false", "export.parity_samples=128", "bench.runs=50", "bench.warmup=5",
+        "bench.rounds=1", "bench.pytorch_reference=false", "train.threads=1"], max_length=1000)
+    space: dict[str, dict[str, Any]] = Field(default_factory=lambda: _space(
+        prune={"ratio": {"low": 0.2, "high": 0.8, "step": 0.05}, "importance": ["l1", "l2", "bn_scale"]},
+        finetune={"epochs": {"low": 2, "high": 8}, "temperature": {"low": 2.0, "high": 8.0, "step": 0.5},
+                  "alpha": {"low": 0.3, "high": 0.9, "step": 0.1}},
+        distill={"student_arch": ["small_cnn"], "student_width": {"low": 0.25, "high": 1.0, "step": 0.125},
+                 "temperature": {"low": 2.0, "high": 8.0, "step": 0.5}, "alpha": {"low": 0.3, "high": 0.9, "step": 0.1}},
+        quantize={"mode": ["ov_int8", "ort_int8_static"], "keep_sensitive": {"low": 0, "high": 2}}))
+
+    @field_validator("trial_overrides")
+    @classmethod
+    def _key_value(cls, items: list[str]) -> list[str]:
+        bad = [o for o in items if "=" not in o or not o.split("=", 1)[0]]
+        if bad:
+            raise ValueError(f"write each as key=value, e.g. bench.runs=50 (got {bad[0]!r})")
+        return items
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _knobs(cls, space: Any) -> dict[str, dict[str, Dimension]]:
+        if not isinstance(space, dict) or not all(isinstance(v, dict) for v in space.values()):
+            raise ValueError("expected section: {knob: range or [choices]}, e.g. prune: {ratio: {low: 0.2, high: 0.8}}")
+        space = {str(sec): {str(k): _dimension(f"{sec}.{k}", v) for k, v in knobs.items()} for sec, knobs in space.items()}
+        _check_space(space)
+        return space
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     data: Data = Data()
@@ -253,6 +336,7 @@ class Params(_Section):
     bench: Bench = Bench()
     gate: Gate = Gate()
     registry: Registry = Registry()
+    search: Search = Search()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
@@ -288,6 +372,32 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def _check_space(space: dict[str, dict[str, Dimension]]) -> None:
+    """Every search.space knob names a params key (or quantize.mode); a range needs a number, whole for an int."""
+    sections = {(f.alias or n): f.annotation for n, f in Params.model_fields.items()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+    for section, knobs in space.items():
+        if section not in sections or section == "search":
+            raise ValueError(f"{section}: not a params section; use one of "
+                             f"{', '.join(s for s in sections if s != 'search')}")
+        fields = sections[section].model_fields
+        for key, dim in knobs.items():
+            where = f"{section}.{key}"
+            if f"{section}.{key}" == QUANT_MODE_KNOB:
+                if isinstance(dim, Range):
+                    raise ValueError(f"{where}: a list of quantization modes, not a range")
+                continue
+            if key not in fields:
+                raise ValueError(f"{where}: {section} has no key {key!r}; allowed: {', '.join(sorted(fields))}")
+            if not isinstance(dim, Range):
+                continue
+            kind = fields[key].annotation
+            if kind not in (int, float):
+                raise ValueError(f"{where}: a range needs a numeric knob; give a list of choices instead")
+            if kind is int and any(v != int(v) for v in (dim.low, dim.high, dim.step)):
+                raise ValueError(f"{where}: {section}.{key} is a whole number: low, high and step must be too")
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -15,8 +15,6 @@ compressed candidates, and the best configuration whose gate passed (ranked by g
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,26 +22,23 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
-from prefect_dask import DaskTaskRunner
 
 from edgeopt.cliargs import add_params_args
-from edgeopt.errors import ParamsError, PipelineError, StageError
 from edgeopt.gating import rank_key
 from edgeopt.io import write_json
 from edgeopt.params import project_params
 from edgeopt.paths import Paths
-from edgeopt.pipeline import closure, load_pipeline
 from edgeopt.results import pareto_front, plot_pareto
-from flows.tasks import final_states, run_stages_with_dvc, stopped_because, submit_stages
+from flows.scratch import (SETUP_ERRORS, dask_runner, link_shared_inputs, lost_on_cluster, run_shared_stages,
+                           run_title, validate_variants, variant_stages)
+from flows.tasks import final_states, stopped_because, submit_stages
 from flows.ui import png_data_uri, release_rows
-from flows.workspace import ProjectBusy, project_run
 
 # Sweep defaults on top of params.yaml: short fine-tuning, no distillation or sensitivity scan, short benches.
 SWEEP_OVERRIDES = ["finetune.epochs=2", "cluster.finetune_epochs=1", "distill.enabled=false",
                    "sensitivity.enabled=false", "quantize.calibration_size=128", "export.parity_samples=128",
                    "bench.runs=50", "bench.warmup=5", "bench.pytorch_reference=false", "train.threads=1"]
-SHARED = ["prepare", "validate", "train"]
-SHARED_FILES = ["data/prepared", "models/baseline.pt", "dvc.yaml"]
+__all__ = ["lost_on_cluster", "sweep"]  # lost_on_cluster: flows.scratch, kept importable from here
 
 
 def config_grid(prune_ratios: list[float], n_clusters: list[int], quantize_modes: list[str]) -> list[dict[str, Any]]:
@@ -52,65 +47,25 @@ def config_grid(prune_ratios: list[float], n_clusters: list[int], quantize_modes
             for r in prune_ratios for k in n_clusters for m in quantize_modes]
 
 
-def dask_runner(address: str | None, n_workers: int) -> DaskTaskRunner:
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": None})
-
-
 def sweep_run_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
     n = len(p.get("prune_ratios") or []) * len(p.get("n_clusters") or []) * len(p.get("quantize_modes") or [])
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    try:
-        params = project_params(p.get("params_file", "params.yaml"), p.get("overrides"), p.get("root", "."))
-    except (ParamsError, OSError):
-        return f"sweep of {n} configs, {when}"
-    return f"sweep of {n} configs: {params.model.arch} on {params.data.source} {params.data.image_size}px, {when}"
-
-
-@task(name="link-shared-inputs")
-def link_shared_inputs(root: str, workdir: str) -> str:
-    """A work dir whose data/prepared and models/baseline.pt are links to the project's (nothing copied)."""
-    for rel in SHARED_FILES:
-        src, dst = Path(root) / rel, Path(workdir) / rel
-        if not src.exists():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() and dst.resolve() == src.resolve():
-            continue
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        os.symlink(src.resolve(), dst)
-    return workdir
+    return run_title(f"sweep of {n} configs", p.get("params_file", "params.yaml"), p.get("overrides"),
+                     p.get("root", "."))
 
 
 @flow(name="edge-sweep-configs")
 def run_configs(configs: list[dict[str, Any]], params_file: str, overrides: list[str], root: str
                 ) -> dict[str, str | None]:
     """Each configuration's stages in its work dir, all submitted at once; returns config -> why it stopped."""
-    stages = closure(load_pipeline(root), ["gate"], downstream_of=SHARED)
+    stages = variant_stages(root, ["gate"])
     futures = {}
     for cfg in configs:
         params = project_params(params_file, overrides + cfg["overrides"], root)
         futures[cfg["id"]] = submit_stages(stages, params, cfg["workdir"], label=cfg["id"])
     return {cid: stopped_because(final_states(f)) or lost_on_cluster(f) for cid, f in futures.items()}
-
-
-def lost_on_cluster(futures: dict[str, Any]) -> str | None:
-    """Why a configuration stopped when Dask itself gave up on a stage: a worker lost mid-task is replaced by
-    rescheduling the task elsewhere, but a task that took down `distributed.scheduler.allowed-failures` workers
-    (default 3, e.g. each ran out of memory) ends in KilledWorker. Prefect then still shows the dead worker's last
-    state (Running), so without this the configuration would fail without a reason."""
-    for stage, future in futures.items():
-        dask_future = getattr(future, "wrapped_future", None)
-        if getattr(dask_future, "status", None) == "error":
-            exc = dask_future.exception()  # args[0]: KilledWorker's task key (its str() needs scheduler objects)
-            return f"{stage}: lost on the Dask cluster ({type(exc).__name__}: {exc.args[0] if exc.args else ''})"
-    return None
 
 
 def config_result(cfg: dict[str, Any], stopped: str | None) -> tuple[dict, list[dict], dict | None]:
@@ -193,26 +148,17 @@ def sweep(params_file: str = "params.yaml", overrides: list[str] | None = None, 
     per_config = SWEEP_OVERRIDES if sweep_overrides is None else list(sweep_overrides)
     out_dir = root_path / "sweeps" / name
     configs = config_grid(prune_ratios, n_clusters, quantize_modes)
-    try:
-        params = project_params(params_file, base, root_path)
-        for cfg in configs:  # every configuration must validate before anything runs
-            try:
-                project_params(params_file, base + per_config + cfg["overrides"], root_path)
-            except ParamsError as exc:
-                raise ParamsError(f"sweep configuration {cfg['id']}: {exc}") from None
-            cfg["workdir"] = str(out_dir / cfg["id"])
-        shared = closure(load_pipeline(root_path), SHARED)
-        if not configs:
-            return Failed(message="the sweep grid is empty: give at least one prune ratio, cluster count and mode")
-        with project_run(root_path, params_file, base):  # the shared stages through DVC, as the release runs them
-            reason = stopped_because(run_stages_with_dvc(shared, root_path))
-    except (ParamsError, StageError, PipelineError, ProjectBusy) as exc:
+    if not configs:
+        return Failed(message="the sweep grid is empty: give at least one prune ratio, cluster count and mode")
+    try:  # every configuration must validate before anything runs
+        params = validate_variants(params_file, base, {f"sweep configuration {c['id']}": per_config + c["overrides"]
+                                                       for c in configs}, root_path)
+        run_shared_stages(root_path, params_file, base)
+    except SETUP_ERRORS as exc:
         logger.error("%s", exc)
         return Failed(message=str(exc))
-    if reason:
-        return Failed(message=f"shared stages: {reason}")
     for cfg in configs:
-        link_shared_inputs(str(root_path), cfg["workdir"])
+        cfg["workdir"] = link_shared_inputs(str(root_path), str(out_dir / cfg["id"]))
     logger.info("sweep %s: %d configurations on %s", name, len(configs), address or f"a local Dask cluster "
                 f"({n_workers} workers x 1 thread)")
     stopped = run_configs.with_options(task_runner=dask_runner(address, n_workers))(

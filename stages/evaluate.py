@@ -1,8 +1,10 @@
-"""Test accuracy of every exported candidate in its own runtime -> metrics/evaluate.json.
+"""Accuracy of every exported candidate in its own runtime on `evaluate.split` -> metrics/evaluate.json.
 
-The test split is memory-mapped and streamed in `evaluate.batch_size` batches, so 10,000+ images need bounded
-memory; the anonymous-memory growth while streaming is recorded to prove it. Torch is not used: this is the
-accuracy of the shipped file in the runtime the device runs.
+The split is the test split, except in search trials (`evaluate.split: val`), which must not choose on test
+images: the search checks only its winner on the test split. The split is memory-mapped and streamed in
+`evaluate.batch_size` batches, so 10,000+ images need bounded memory; the anonymous-memory growth while streaming
+is recorded to prove it. Torch is not used: this is the accuracy of the shipped file in the runtime the device
+runs.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         raise StageError(f"{paths.candidates}: 'candidates' must be a list of objects with a 'name'; rerun "
                          f"`edgeopt export`")
     meta = load_meta(paths.prepared)
-    images, labels = open_split(paths.prepared, "test")
+    split = params.evaluate.split
+    images, labels = open_split(paths.prepared, split)
     results: dict[str, Any] = {}
     start = peak = anon_rss_mb()
     growth = 0.0
@@ -95,7 +98,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             log.info("%-30s %-12s acc %.2f%%  drop %s", name, r["runtime"], r["accuracy"], r["drop"])
         else:
             log.warning("%-30s failed: %s", name, r["reason"])
-    return {"split": "test", "images": int(len(labels)), "batch_size": params.evaluate.batch_size,
+    return {"split": split, "images": int(len(labels)), "batch_size": params.evaluate.batch_size,
             "candidates": results,
             # anonymous memory (not the reclaimable pages of the memory-mapped split): its peak over the stage,
             # and the largest growth while one candidate streams the split

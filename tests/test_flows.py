@@ -84,7 +84,7 @@ def test_stage_graph_follows_dvc_yaml():
     assert closure(specs, ["validate"]) == ["prepare", "validate"]
     assert closure(specs, ["gate"], downstream_of=["train"]) == [
         "prune", "finetune", "cluster", "distill", "sensitivity", "quantize", "export", "evaluate", "bench", "gate"]
-    assert specs["prepare"].deps[-1] == "data/raw/images"  # ${data.root}, templated from params.yaml as DVC does
+    assert list(specs["prepare"].deps[-2:]) == ["data/raw/images", "data/raw/test-images"]  # ${data.root}, ${data.test_root}, templated from params.yaml as DVC does
 
 
 def test_only_transient_errors_are_retried():

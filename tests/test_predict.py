@@ -59,7 +59,11 @@ def test_predict_pulled_release_returns_expected_labels(released, tmp_path):
         scores = [t["score"] for t in r["top"]]
         assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
     text = run_cli(tmp_path, "predict", str(tmp_path / "rel"), str(files[0]))
-    assert text.returncode == 0 and text.stdout.strip() == f"{files[0]}: {expected[0]} ({out['results'][0]['top'][0]['score']:.3f})"
+    assert text.returncode == 0, text.stderr
+    # dynamic INT8 scales activations per batch, so one image alone may score a hair differently than in a batch of 5
+    head, score = text.stdout.strip().rsplit(" (", 1)
+    assert head == f"{files[0]}: {expected[0]}"
+    assert abs(float(score.rstrip(")")) - out["results"][0]["top"][0]["score"]) < 0.01
 
 
 def test_predict_through_registry_ref_is_torch_free(released):
