@@ -385,6 +385,7 @@ def test_damaged_prepared_files_are_named(tiny_project, tiny_params, damage, exp
         (prepared / "meta.json").unlink()
     elif damage == "missing_split":
         (prepared / "train" / "images.npy").unlink()
-    with pytest.raises(DataError, match=expected):
+    with pytest.raises(DataError, match=expected) as err:
         validate.run(tiny_params, Paths(tiny_project))
-    assert not (tiny_project / "metrics" / "validate.json").exists()
+    record = json.loads((tiny_project / "metrics" / "validate.json").read_text())  # the stage's failure record
+    assert record["status"] == "failed" and record["error"].endswith(str(err.value)) and "ran_with" not in record
