@@ -44,7 +44,7 @@ PARAMS_CASES = {
                     "step_size, threads, warmup_epochs, weight_decay"),
     "unknown_section": (lambda r: r.__setitem__("trian", {"epochs": 3}), [], "invalid parameter trian: unknown key; "
                         "allowed keys: bench, cluster, data, distill, evaluate, export, finetune, gate, model, "
-                        "prune, quantize, registry, seed, sensitivity, target, train, validate"),
+                        "prune, quantize, registry, search, seed, sensitivity, target, train, validate"),
     "wrong_type": (_set("train", "epochs", "many"), [], "invalid parameter train.epochs: Input should be a valid "
                    "integer, unable to parse string as an integer (got 'many')"),
     "wrong_bool": (_set("cluster", "enabled", "maybe"), [], "invalid parameter cluster.enabled: Input should be a "

@@ -138,7 +138,9 @@ def test_promotion_refused_without_a_valid_current_passing_gate(release_project,
     with pytest.raises(error) as err:
         promote(root, **kwargs)
     assert str(err.value).startswith(message), str(err.value)
-    assert not (root / "registry").exists() and not (root / "metrics" / "promote.json").exists()
+    assert not (root / "registry").exists()
+    record = json.loads((root / "metrics" / "promote.json").read_text())  # a failure record, not a release
+    assert record["status"] == "failed" and "ran_with" not in record and "version" not in record
     if case in ("threshold_hand_edited", "verdict_forged_digest_recomputed", "report_truncated", "stale_status"):
         gate(root)  # recovered: a fresh gate report promotes the gate's real pick
         assert promote(root)["candidate"] == "finetuned_ov_fp16"
