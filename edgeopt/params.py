@@ -286,7 +286,7 @@ class Search(_Section):
     timeout_s: float = Field(0.0, ge=0, le=10_000_000)
     workers: int = Field(2, ge=1, le=1024)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    max_macs: int = Field(0, ge=0, le=2**62)
+    max_macs: int = Field(0, ge=0, le=10**15)
     pruner: Literal["median", "none"] = "median"
     startup_trials: int = Field(4, ge=0, le=100_000)
     trial_overrides: list[str] = Field(default_factory=lambda: [
