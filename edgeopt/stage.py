@@ -155,7 +155,7 @@ def record_failure(path: Path, record: dict[str, Any], started: float) -> None:
     except (OSError, ValueError):
         previous = None
     if isinstance(previous, dict) and "ran_with" in previous:
-        log.info("%s kept: it records the last successful run, whose outputs are still in place", path)
+        log.debug("%s kept: it records the last successful run, whose outputs are still in place", path)
         return
     try:
         write_json(path, record)

@@ -185,13 +185,13 @@ def run(params: Params, paths: Paths) -> dict:
 
     tuned: dict[str, Any] = {"finetune_epochs": cfg.finetune_epochs}
     if cfg.finetune_epochs and clustered:
-        start = copy.deepcopy(model.state_dict())
+        clustered_weights = copy.deepcopy(model.state_dict())
         result = fit(model, splits, params.finetune, seed=params.seed, **fit_options(params.train),
                      epochs=cfg.finetune_epochs, lr=cfg.lr, desc="cluster-finetune",
                      after_step=lambda _m: [project(layer) for layer in clustered.values()])
         kept = result.best_val_accuracy < clustered_acc["val_accuracy"]
         if kept:  # no epoch beat the freshly clustered weights on validation
-            model.load_state_dict(start)
+            model.load_state_dict(clustered_weights)
         tuned.update(best_epoch=result.best_epoch, kept_clustered_weights=kept, **result.summary(),
                      history=result.history)
 

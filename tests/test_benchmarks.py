@@ -67,7 +67,10 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
         "MACs vs the baseline", "size vs FP32 ONNX baseline", "p50 latency vs FP32 PyTorch eager",
         "p50 latency vs plain NNCF INT8 of the unpruned baseline",
         "more accurate than the bare script + prune + KD at equal or fewer MACs"]
-    assert all(it["value"] is not None and it["met"] in (True, False) for it in t["items"])
+    converged, *measured = t["items"]
+    assert all(it["value"] is not None and it["met"] in (True, False) for it in measured)
+    # one smoke epoch has no "last 20 % of epochs": not measured, so the targets are never all met
+    assert converged["value"] is None and converged["met"] is None and t["all_met"] is False
 
     stages = doc["cost"]["realistic"]["stages"]
     assert list(stages) == stage_names()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +133,19 @@ def kill_first_busy_worker(cluster: LoopbackCluster, killed: dict, stop: threadi
         killed["error"] = repr(exc)
 
 
+@pytest.fixture()
+def sweep_project(tmp_path) -> Path:
+    """A fresh clone (git + DVC: the sweep's shared stages run through DVC) with FAST params committed."""
+    from edgeopt.params import render_params_file
+    from tests.test_dvc_pipeline import fresh_clone
+
+    root = fresh_clone(tmp_path / "proj")
+    (root / "params.yaml").write_text(render_params_file((root / "params.yaml").read_text(), FAST))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "fast params"], cwd=root,
+                   check=True)
+    return root
+
+
 def run_sweep_killing_a_worker(project: Path, cluster: LoopbackCluster) -> tuple[object, dict, dict]:
     """The sweep (2 configurations) against the cluster while a monitor kills the first busy worker; returns
     the flow state, what was killed, and sweeps/cluster/sweep.json."""
@@ -162,11 +174,9 @@ def run_sweep_killing_a_worker(project: Path, cluster: LoopbackCluster) -> tuple
 
 
 @pytest.mark.slow
-def test_sweep_on_a_real_cluster_survives_a_killed_worker(prefect_home, loopback_cluster, _tiny_project_template,
-                                                          tmp_path):
+def test_sweep_on_a_real_cluster_survives_a_killed_worker(prefect_home, loopback_cluster, sweep_project):
     """Dask reschedules the lost worker's stage on the other worker: both configurations finish and pass."""
-    project = tmp_path / "proj"
-    shutil.copytree(_tiny_project_template, project)
+    project = sweep_project
     _, _, doc = run_sweep_killing_a_worker(project, loopback_cluster.start(["w1", "w2"]))
     assert [c["status"] for c in doc["configs"]] == ["pass", "pass"], [c["reason"] for c in doc["configs"]]
     for cfg in doc["configs"]:  # each configuration's chain finished, the killed stage included
@@ -178,11 +188,10 @@ def test_sweep_on_a_real_cluster_survives_a_killed_worker(prefect_home, loopback
 
 @pytest.mark.slow
 @pytest.mark.extended  # the reason logic: test_a_stage_dask_gave_up_on_is_the_configurations_reason, in CI
-def test_sweep_names_the_stage_dask_gave_up_on(prefect_home, loopback_cluster, _tiny_project_template, tmp_path):
+def test_sweep_names_the_stage_dask_gave_up_on(prefect_home, loopback_cluster, sweep_project):
     """With allowed-failures 0 the first worker death is final for its task (KilledWorker): the sweep still
     completes, records every configuration once, and the lost one says which stage Dask gave up on."""
-    project = tmp_path / "proj"
-    shutil.copytree(_tiny_project_template, project)
+    project = sweep_project
     _, _, doc = run_sweep_killing_a_worker(project, loopback_cluster.start(["w1", "w2"], allowed_failures=0))
     failed = [c for c in doc["configs"] if c["status"] == "failed"]
     assert failed and all(" lost on the Dask cluster (KilledWorker: run_stage-" in c["reason"] for c in failed)

@@ -151,6 +151,33 @@ def test_a_served_schedule_creates_runs_that_complete(prefect_server, project, t
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]  # DVC recorded the scheduled run
     assert set(lock) == {"prepare", "validate"}
+    screenshot_the_ui(api, run, nightly, artifacts["edge-release-summary"])
+
+
+def screenshot_the_ui(api: str, run: dict, deployment: dict, summary: dict) -> None:
+    """What a person sees in the Prefect UI of the scheduled run: the run page, its artifacts, the summary
+    artifact (verdict first) and the deployment with its schedule. Kept as reports/prefect-*.png; skipped (the
+    scheduler checks above stand) when Chromium is not installed."""
+    from tests.browser import Browser, chromium
+
+    if chromium() is None:
+        print("Chromium not installed (.ci/install-browser): no Prefect UI screenshots")
+        return
+    ui = api.removesuffix("/api")
+    pages = [("prefect-run.png", f"{ui}/runs/flow-run/{run['id']}", [run["name"], "prepare", "validate"]),
+             ("prefect-run-artifacts.png", f"{ui}/runs/flow-run/{run['id']}?tab=Artifacts",
+              ["edge-release-summary"]),
+             ("prefect-summary-artifact.png", f"{ui}/artifacts/artifact/{summary['id']}", ["validate"]),
+             ("prefect-deployment.png", f"{ui}/deployments/deployment/{deployment['id']}", ["nightly"])]
+    with Browser(width=1280, height=900, timeout=120) as b:
+        for name, url, texts in pages:
+            b.open(url)
+            shown = " && ".join(f"document.body.innerText.includes({json.dumps(t)})" for t in texts)
+            b.wait_for(f"document.body && {shown}", timeout=120)
+            time.sleep(1.0)  # charts and lazy panels settle after the text appears
+            shot = b.screenshot(REPO / "reports" / name, full_page=True)
+            assert shot.stat().st_size > 10_000, name  # a rendered page, not a blank one
+            print(f"screenshot: {shot}")
 
 
 @pytest.mark.slow
