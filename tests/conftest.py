@@ -102,3 +102,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def reproduced_clone(tmp_path_factory):
+    """(root, result): a fresh clone after one `dvc repro` (short training), shared by the tests that only read it
+    or put back what they change: the whole chain runs once per session, not once per test module."""
+    import sys
+
+    from tests.test_dvc_pipeline import fresh_clone, run
+
+    root = fresh_clone(tmp_path_factory.mktemp("reproduced") / "clone")
+    res = run([sys.executable, "-m", "dvc", "repro"], root, timeout=1500)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return root, res

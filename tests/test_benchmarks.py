@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # rows, ratios and targets: test_ratios_and_targets_from_synthetic_rows, in CI
 def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     out = tmp_path / "bench"
     code = main(["--smoke", "--out", str(out)])

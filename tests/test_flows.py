@@ -481,6 +481,7 @@ def test_sweep_results_rank_configs_like_the_gate_and_keep_the_pareto_front(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the sweep end to end: test_dask_cluster's killed-worker sweep, in CI
 def test_sweep_of_six_configs_on_local_dask_finds_pareto_front_and_best(two_runs, release_project):
     from flows.sweep import sweep
     from stages.report import candidate_rows

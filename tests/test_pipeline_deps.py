@@ -127,15 +127,10 @@ def test_reading_an_undeclared_param_fails_and_names_it(tiny_project):
     assert view.declared_values() == {"seed": 0, "train.augment": "auto", "quantize": view.quantize.model_dump()}
 
 
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    """A fresh clone after `dvc repro` (short training): every stage recorded in dvc.lock."""
-    from tests.test_dvc_pipeline import fresh_clone, run
-
-    root = fresh_clone(tmp_path_factory.mktemp("deps") / "clone")
-    res = run([__import__("sys").executable, "-m", "dvc", "repro"], root, timeout=1500)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return root
+@pytest.fixture()
+def reproduced(reproduced_clone):
+    """The session's clone after `dvc repro` (tests here put back every edit they make)."""
+    return reproduced_clone[0]
 
 
 def changed_stages(root: Path) -> set[str]:

@@ -164,14 +164,21 @@ def screenshot_the_ui(api: str, run: dict, deployment: dict, summary: dict) -> N
         print("Chromium not installed (.ci/install-browser): no Prefect UI screenshots")
         return
     ui = api.removesuffix("/api")
-    pages = [("prefect-run.png", f"{ui}/runs/flow-run/{run['id']}", [run["name"], "prepare", "validate"]),
-             ("prefect-run-artifacts.png", f"{ui}/runs/flow-run/{run['id']}?tab=Artifacts",
-              ["edge-release-summary"]),
-             ("prefect-summary-artifact.png", f"{ui}/artifacts/artifact/{summary['id']}", ["validate"]),
-             ("prefect-deployment.png", f"{ui}/deployments/deployment/{deployment['id']}", ["nightly"])]
+    run_page = f"{ui}/runs/flow-run/{run['id']}"
+    # (file, page, tab to click or None, texts that must be shown)
+    pages = [("prefect-run.png", run_page, None, [run["name"], "prepare", "validate"]),
+             ("prefect-run-artifacts.png", run_page, "Artifacts", ["edge-release-summary", "edge-release-progress"]),
+             ("prefect-summary-artifact.png", f"{ui}/artifacts/artifact/{summary['id']}", None,
+              ["Edge release: digits-classifier", "validate"]),
+             ("prefect-deployment.png", f"{ui}/deployments/deployment/{deployment['id']}", None, ["nightly"])]
     with Browser(width=1280, height=900, timeout=120) as b:
-        for name, url, texts in pages:
+        for name, url, tab, texts in pages:
             b.open(url)
+            if tab:  # the tab's label is a leaf element; its click bubbles to the tab
+                label = (f"[...document.querySelectorAll('*')].find(e => e.children.length === 0 && "
+                         f"e.textContent.trim() === {json.dumps(tab)})")
+                b.wait_for(label, timeout=120)
+                b.evaluate(f"{label}.click()")
             shown = " && ".join(f"document.body.innerText.includes({json.dumps(t)})" for t in texts)
             b.wait_for(f"document.body && {shown}", timeout=120)
             time.sleep(1.0)  # charts and lazy panels settle after the text appears

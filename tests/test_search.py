@@ -307,6 +307,7 @@ def _trials(study_dir: Path) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the resume logic: test_a_resumed_study_reruns_only_interrupted_trials_and_refuses_another_space, in CI
 def test_a_killed_search_resumes_without_rerunning_completed_trials(prefect_home, search_project):  # noqa: F811
     from optuna.trial import TrialState
     from prefect.settings import PREFECT_API_URL
