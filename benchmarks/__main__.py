@@ -12,6 +12,7 @@ plus the work directories of every chain under DIR/work/. See benchmarks/README.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -19,6 +20,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from edgeopt.cliargs import in_range
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[CHAIN:]KEY=VALUE",
                    help="override a parameter of the realistic chain (or of the digits chain with the "
                         "`digits:` prefix), e.g. --set prune.ratio=0.55; repeatable")
+    p.add_argument("--seeds", type=in_range(1, 10), metavar="N",
+                   help="training seeds of the headline rows (default: the mode's; fewer = shorter, the spread "
+                        "is then not measured)")
     p.add_argument("--skip-digits", action="store_true", help="skip the default (digits) chain's cost run")
     p.add_argument("--skip-throughput", action="store_true", help="skip train stage vs bare loop")
     p.add_argument("--in-process", action="store_true", default=None,
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.profiles import PROFILES
 
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.seeds is not None:
+        profile = dataclasses.replace(profile, seeds=args.seeds)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out).resolve() if args.out else RESULTS / f"{stamp}-{profile.name}"
     out.mkdir(parents=True, exist_ok=True)
