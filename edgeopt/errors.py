@@ -66,7 +66,12 @@ class DataError(EdgeoptError, ValueError):
 
 
 class ValidationFailed(DataError):
-    """Prepared data failed one or more expectations (the validate stage)."""
+    """Prepared data failed one or more expectations (the validate stage). `metrics`: the expectations' report,
+    what metrics/validate.json records."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics
 
 
 class NothingEvaluated(DataError):

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from edgeopt.cliargs import add_params_args
 from edgeopt.errors import (EXIT_FAILED, EXIT_INTERRUPTED, StageError, UndeclaredParam, describe, error_line,
                             exit_code_for, first_line)
-from edgeopt.io import read_json, write_json
+from edgeopt.io import write_json
 from edgeopt.memory import peak_rss_mb
 from edgeopt.params import Params
 from edgeopt.paths import Paths
@@ -144,19 +144,10 @@ def failure_metrics(exc: Exception, t0: float) -> dict[str, Any]:
     return record
 
 
-def record_failure(path: Path, record: dict[str, Any], started: float) -> None:
-    """Write a failed run's metrics unless they would replace the record of a run that built outputs (a failed
-    run changes nothing already written: dvc.lock still names those outputs, and their metrics stay with them)
-    or the verdict the stage itself wrote in this run (validate's failed expectations)."""
-    try:
-        if path.exists() and path.stat().st_mtime >= started:
-            return
-        previous = read_json(path) if path.exists() else None  # read_json refuses FIFOs and devices
-    except (OSError, ValueError):
-        previous = None
-    if isinstance(previous, dict) and "ran_with" in previous:
-        log.debug("%s kept: it records the last successful run, whose outputs are still in place", path)
-        return
+def record_failure(path: Path, record: dict[str, Any]) -> None:
+    """metrics/<stage>.json of a failed run: the latest run's record, as DVC sees it too (`dvc repro` removes a
+    stage's outputs, metrics included, before running it). The stage's other outputs are written atomically, so
+    a failed run leaves them as they were; only this record says it failed."""
     try:
         write_json(path, record)
     except OSError:  # disk full, read-only: the original error is the one to report
@@ -168,7 +159,7 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
     (with the params it ran with, `ran_with`, which promote compares with the params of the release) atomically.
     A stage that raises gets metrics too (`failure_metrics`: status failed, the error, the exit code), so
     `dvc metrics show` and the flows see why it stopped; they carry no `ran_with`, so nothing downstream takes
-    them for a record of built outputs. They never replace the record of an earlier successful run.
+    them for a record of built outputs.
 
     The wrapped function keeps the same signature, so the CLI (dvc.yaml) and the Prefect tasks call the very
     same function and produce the very same files.
@@ -177,13 +168,13 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
         @functools.wraps(fn)
         def run(params: Params, paths: Paths | None = None, **kwargs: Any) -> dict[str, Any]:
             paths = paths or Paths()
-            t0, started = time.perf_counter(), time.time()
+            t0 = time.perf_counter()
             try:
                 view = params if isinstance(params, ParamsView) else ParamsView(
                     params, declared_params(name, paths.root), name)
                 metrics = fn(view, paths, **kwargs)
             except Exception as exc:
-                record_failure(paths.metrics(name), failure_metrics(exc, t0), started)
+                record_failure(paths.metrics(name), failure_metrics(exc, t0))
                 raise
             metrics["cost"] = cost_since(t0)
             metrics["ran_with"] = ran_with(view, paths)

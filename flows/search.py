@@ -287,7 +287,10 @@ def _parse_point(text: str) -> dict[str, Any]:
     pairs = [p.strip().split("=", 1) for p in text.split(",") if p.strip()]
     if not pairs or any(len(p) != 2 for p in pairs):
         raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE[,KEY=VALUE...], e.g. prune.ratio=0.5")
-    return {k: yaml.safe_load(v) for k, v in pairs}
+    try:
+        return {k: yaml.safe_load(v) for k, v in pairs}
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: a value is not YAML ({str(exc).splitlines()[0]})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

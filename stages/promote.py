@@ -213,10 +213,10 @@ def recorded_lineage(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def check_regression(registry: Registry, model: str, channel: str, row: dict[str, Any], content: dict[str, str],
-                     paths: Paths, max_regression: float, allow: bool) -> dict[str, Any] | None:
-    """The channel's current release, measured now in its runtime on this run's test split, against the
-    candidate (measured by evaluate on the same split). Refused (exit 5) when the candidate is more than
-    `max_regression` points below it, unless `allow`."""
+                     paths: Paths, max_regression: float, allow: bool, split: str = "test") -> dict[str, Any] | None:
+    """The channel's current release, measured now in its runtime on the split the candidate was evaluated on
+    (evaluate.split, the test split unless a search or experiment chose otherwise), against the candidate.
+    Refused (exit 5) when the candidate is more than `max_regression` points below it, unless `allow`."""
     from edgeopt.accuracy import accuracy_in_runtime
     from edgeopt.arrays import load_meta, open_split
     from edgeopt.errors import RuntimeModelError
@@ -242,7 +242,7 @@ def check_regression(registry: Registry, model: str, channel: str, row: dict[str
         why = f"{model}@{current} takes input {inp.get('shape')}, this data set is " \
               f"{[meta['channels'], meta['image_size'], meta['image_size']]}"
     if why is None:
-        images, labels = open_split(paths.prepared, "test")
+        images, labels = open_split(paths.prepared, split)
         try:
             runtime_model = load_model(registry.release_dir(model, current) / manifest["primary"],
                                        runtime=manifest.get("runtime"))
@@ -259,11 +259,11 @@ def check_regression(registry: Registry, model: str, channel: str, row: dict[str
         return {**base, "note": f"{why}; allowed by registry.allow_regression"}
     delta = float(row["accuracy"]) - accuracy
     result = {**base, "channel_accuracy": round(accuracy, 4), "delta_points": round(delta, 4),
-              "split": "test", "images": int(len(labels))}
+              "split": split, "images": int(len(labels))}
     if delta < -max_regression and not allow:
         raise PromotionRefused(
             f"{row['name']} scores {row['accuracy']:.2f} % but {model}@{channel} ({current}) scores {accuracy:.2f} % "
-            f"on the same {len(labels)} test images in its runtime ({delta:+.2f} pt; registry.max_regression is "
+            f"on the same {len(labels)} {split} images in its runtime ({delta:+.2f} pt; registry.max_regression is "
             f"{max_regression} pt). Not released; set registry.allow_regression=true (or --allow-regression) to "
             f"release it anyway")
     return result
@@ -330,7 +330,8 @@ def promote_from_gate(params: Params, paths: Paths, *, channel: str | None = Non
     by = actor(via)
     with registry.locked():  # re-entrant: check, release and channel move as one step, so racing promotions
         # leave the channel history in release order (the channel ends at the release made last)
-        policy = check_regression(registry, cfg.model_name, channel, row, expected, paths, cfg.max_regression, allow)
+        policy = check_regression(registry, cfg.model_name, channel, row, expected, paths, cfg.max_regression, allow,
+                                  split=report["evaluation"].get("split") or "test")
         tags = tag_versions(paths.root, cfg.model_name) if tagging else {}
         res = registry.publish(cfg.model_name, files, manifest, version=version, bump=cfg.bump, by=by,
                                expected_sha256=expected, taken=set(tags))

@@ -14,10 +14,9 @@ import numpy as np
 
 from edgeopt.arrays import SPLITS, load_meta, open_split
 from edgeopt.errors import ValidationFailed
-from edgeopt.io import atomic_write_text, write_json
+from edgeopt.io import atomic_write_text
 from edgeopt.params import Params
 from edgeopt.paths import Paths
-from edgeopt.memory import peak_rss_mb
 from edgeopt.stage import stage, stage_main
 
 
@@ -128,12 +127,12 @@ def run(params: Params, paths: Paths) -> dict:
               "images": int(len(df)), "content_hash": meta["content_hash"], "results": results}
     atomic_write_text(paths.report("validation.md"), _summary(results, ok))
     if not ok:
-        write_json(paths.metrics("validate"), {**report, "cost": {"peak_rss_mb": round(peak_rss_mb(), 1)}})
         failed = [f"{r['expectation']}({r['column'] or r['table']}) failed on {r['failed_rows']} of {r['rows']} rows"
                   + (f", e.g. {', '.join(r['examples'][:3])}" if r["examples"] else "")
                   for r in results if not r["success"]]
         raise ValidationFailed("data validation failed; training is blocked:\n  - " + "\n  - ".join(failed)
-                               + f"\nSee {paths.report('validation.md')} and {paths.metrics('validate')}.")
+                               + f"\nSee {paths.report('validation.md')} and {paths.metrics('validate')}.",
+                               metrics=report)  # the stage decorator records it as metrics/validate.json
     print(f"validate: all {len(results)} expectations met on {len(df)} images")
     return report
 

@@ -219,11 +219,13 @@ def test_bad_image_folder_is_refused_and_previous_output_kept(tmp_path, kind):
     bad = make_folder(tmp_path / "bad", classes=classes)
     _break(bad, kind)
     extra = [e.format(test=tmp_path / "bad_test") for e in extra]
-    with no_hang(60), pytest.raises(DataError, match=expected):
+    with no_hang(60), pytest.raises(DataError, match=expected) as err:
         prepare.run(folder_params(bad, *extra), paths)
     assert sha256_tree(paths.prepared) == before  # nothing half written, the old output intact
     assert sorted(p.name for p in paths.prepared.parent.iterdir()) == ["prepared"]  # no temp dirs left
-    assert json.loads(paths.metrics("prepare").read_text())["images"] == 24  # metrics of the good run
+    record = json.loads(paths.metrics("prepare").read_text())  # the latest run's record says why it failed
+    assert record["status"] == "failed" and record["exit_code"] == 1 and "ran_with" not in record
+    assert record["error"].endswith(str(err.value).splitlines()[0]) or str(err.value) in record["error"]
 
 
 def test_other_8bit_modes_are_converted_by_the_input_contract(tmp_path):
