@@ -48,6 +48,18 @@ TRIAL_FIXED = ["evaluate.split=val"]  # trials choose on validation images; the 
 TRIAL_STAGES = ["evaluate", "bench"]  # a trial's last stages (and what they need); the gate runs on the winner
 
 
+def budgets(params: Params) -> dict[str, float]:
+    """What a trial's pick must stay within: the gate's latency and size budgets, search.max_macs (0 = none)."""
+    return {"latency_ms": params.gate.max_latency_ms, "size_bytes": params.gate.max_size_bytes,
+            "macs": params.search.max_macs}
+
+
+def study_terms(params: Params, trial_overrides: list[str]) -> dict[str, Any]:
+    """What decided the stored trials' verdicts; a resumed study must run under the same."""
+    return {"search space": params.search.space, "budgets": {**budgets(params),
+            "latency_percentile": params.gate.latency_percentile}, "params overrides": list(trial_overrides)}
+
+
 class TrialFailed(StageError):
     """A trial's stage failed; the message is the stage's error line."""
 
@@ -88,8 +100,7 @@ def run_trial(number: int, trial_id: int, params: Params, workdir: str, study_di
                 return {"state": "pruned", "pruned_after": stage, "step": steps - 1, "value": best,
                         "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1)}
     report = build_report(params, Paths(Path(workdir)))
-    verdict = assess(report["rows"], {"latency_ms": params.gate.max_latency_ms,
-                                      "size_bytes": params.gate.max_size_bytes, "macs": params.search.max_macs})
+    verdict = assess(report["rows"], budgets(params))
     logger.info("trial-%d: %s", number, f"{verdict['pick']} {verdict['objective']:.2f} % (validation)"
                 if verdict["feasible"] else f"infeasible: {verdict['infeasible_reason']}")
     return {"state": "complete", **verdict, "wall_s": round(time.perf_counter() - t0, 1),
@@ -129,7 +140,7 @@ def run_study(study_dir: str, name: str, params_file: str, trial_base: list[str]
     logger = get_run_logger()
     s = Search.model_validate(settings)
     params = project_params(params_file, trial_base, root)
-    study = st.open_study(study_dir, name, s, params.search.space)
+    study = st.open_study(study_dir, name, s, study_terms(params, trial_base))
     dists, started, t0 = distributions(params), 0, time.monotonic()
     inflight: dict[int, tuple[Any, Any]] = {}
     while True:
@@ -238,7 +249,7 @@ def search(params_file: str = "params.yaml", overrides: list[str] | None = None,
     try:
         try:
             run_shared_stages(root_path, params_file, base)
-            study = st.open_study(study_dir, name, settings, params.search.space)
+            study = st.open_study(study_dir, name, settings, study_terms(params, base + per_trial))
         except SETUP_ERRORS as exc:
             return _refused(exc)
         rerun = st.recover_interrupted(study)

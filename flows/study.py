@@ -53,9 +53,10 @@ def sampler(settings: Search, done: int = 0) -> optuna.samplers.BaseSampler:
                                           multivariate=True, constant_liar=True, constraints_func=violation)
 
 
-def open_study(study_dir: str | Path, name: str, settings: Search, space: dict[str, Any]) -> optuna.Study:
-    """Create the study or load it; a study made with another search space is refused (its trials would not
-    compare): use another search name."""
+def open_study(study_dir: str | Path, name: str, settings: Search, terms: dict[str, Any]) -> optuna.Study:
+    """Create the study or load it. `terms` (search space, budgets, params overrides) decided every stored
+    trial's feasibility and objective: a study made under other terms is refused (its trials would not compare):
+    resume it with the same ones or start a new search (--name)."""
     store = storage(study_dir)
     try:
         done = len(store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False))
@@ -63,13 +64,15 @@ def open_study(study_dir: str | Path, name: str, settings: Search, space: dict[s
         done = 0
     study = optuna.create_study(study_name=name, storage=store, direction="maximize",
                                 sampler=sampler(settings, done), pruner=pruner(settings), load_if_exists=True)
-    recorded = study.user_attrs.get("space")
-    wanted = json.loads(json.dumps(space, default=lambda r: r.model_dump()))
+    recorded = study.user_attrs.get("terms")
+    wanted = json.loads(json.dumps(terms, default=lambda r: r.model_dump()))
     if recorded is None:
-        study.set_user_attr("space", wanted)
+        study.set_user_attr("terms", wanted)
     elif recorded != wanted:
-        raise ParamsError(f"{study_dir}: the study {name!r} was run with another search.space ({recorded}); resume "
-                          f"it with that space or start a new search (--name)")
+        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        raise ParamsError(f"{study_dir}: the study {name!r} was run with other {' and '.join(changed)} "
+                          f"({', '.join(f'{k}: {recorded.get(k)}' for k in changed)}); resume it with those or "
+                          f"start a new search (--name)")
     return study
 
 

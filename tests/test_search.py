@@ -160,22 +160,23 @@ def test_the_best_trial_the_pareto_rows_and_the_history_plot_come_from_the_recor
 
 # --- the study: persistence, resume, duplicates (no Prefect) -------------------------------------------------
 
-def test_a_resumed_study_reruns_only_interrupted_trials_and_refuses_another_space(tmp_path):
+def test_a_resumed_study_reruns_only_interrupted_trials_and_refuses_other_terms(tmp_path):
     from optuna.trial import TrialState
 
     from edgeopt.search_space import distributions
     from flows import study as st
+    from flows.search import study_terms
 
     params = load_params(REPO / "params.yaml", ["search.startup_trials=2"])
     dists = distributions(params)
-    study = st.open_study(tmp_path, "s", params.search, params.search.space)
+    study = st.open_study(tmp_path, "s", params.search, study_terms(params, ["bench.runs=5"]))
     done = study.ask(dists)
     done.set_user_attr("result", {"violation": -0.1})
     study.tell(done, 90.0)
     lost = study.ask(dists)  # RUNNING when the search is killed
     assert lost.params != done.params
 
-    again = st.open_study(tmp_path, "s", params.search, params.search.space)  # a new process
+    again = st.open_study(tmp_path, "s", params.search, study_terms(params, ["bench.runs=5"]))  # a new process
     assert st.recover_interrupted(again) == [lost.number]
     trials = {t.number: t for t in again.get_trials()}
     assert trials[done.number].state == TrialState.COMPLETE and trials[done.number].value == 90.0
@@ -187,8 +188,13 @@ def test_a_resumed_study_reruns_only_interrupted_trials_and_refuses_another_spac
     assert fresh.params != done.params
     assert st.twin(again, dict(done.params)).number == done.number and st.twin(again, fresh.params) is None
     other = load_params(REPO / "params.yaml", ["search.space.prune.ratio={low: 0.1, high: 0.2}"])
-    with pytest.raises(ParamsError, match="was run with another search.space"):
-        st.open_study(tmp_path, "s", other.search, other.search.space)
+    with pytest.raises(ParamsError, match="was run with other search space "):
+        st.open_study(tmp_path, "s", other.search, study_terms(other, ["bench.runs=5"]))
+    tighter = load_params(REPO / "params.yaml", ["search.startup_trials=2", "gate.max_latency_ms=0.5"])
+    with pytest.raises(ParamsError, match=r"was run with other budgets \(budgets: \{'latency_ms': 5"):
+        st.open_study(tmp_path, "s", tighter.search, study_terms(tighter, ["bench.runs=5"]))
+    with pytest.raises(ParamsError, match="was run with other params overrides"):
+        st.open_study(tmp_path, "s", params.search, study_terms(params, ["bench.runs=7"]))
 
 
 # --- the search on digits (Prefect + a local Dask cluster) --------------------------------------------------
@@ -307,7 +313,7 @@ def _trials(study_dir: Path) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # the resume logic: test_a_resumed_study_reruns_only_interrupted_trials_and_refuses_another_space, in CI
+@pytest.mark.extended  # the resume logic: test_a_resumed_study_reruns_only_interrupted_trials_and_refuses_other_terms, in CI
 def test_a_killed_search_resumes_without_rerunning_completed_trials(prefect_home, search_project):  # noqa: F811
     from optuna.trial import TrialState
     from prefect.settings import PREFECT_API_URL
