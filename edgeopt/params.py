@@ -374,14 +374,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# the sections of the stages a trial runs (prune .. export); data, model, train (the shared stages), gate, bench,
+# evaluate (the verdict and how it is measured) stay the project's
+SEARCHABLE = ("prune", "finetune", "cluster", "distill", "sensitivity", "quantize", "export")
+
+
 def _check_space(space: dict[str, dict[str, Dimension]]) -> None:
     """Every search.space knob names a params key (or quantize.mode); a range needs a number, whole for an int."""
     sections = {(f.alias or n): f.annotation for n, f in Params.model_fields.items()
                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
     for section, knobs in space.items():
-        if section not in sections or section == "search":
-            raise ValueError(f"{section}: not a params section; use one of "
-                             f"{', '.join(s for s in sections if s != 'search')}")
+        if section not in SEARCHABLE:
+            why = ("not a params section" if section not in sections else
+                   "not searchable: the search's shared stages build it once, or it decides the verdict")
+            raise ValueError(f"{section}: {why}; search the stages each trial runs: {', '.join(SEARCHABLE)}")
         fields = sections[section].model_fields
         for key, dim in knobs.items():
             where = f"{section}.{key}"

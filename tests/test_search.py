@@ -42,13 +42,18 @@ def test_search_section_defaults_match_params_yaml_and_bad_spaces_name_the_knob(
     assert raw["search"]["space"]["prune"]["importance"] == Params().search.space["prune"]["importance"]
     for override, message in [
             ("search.space.prune.ratoi={low: 0.1, high: 0.5}", "prune has no key 'ratoi'"),
-            ("search.space.model={arch: [x]}", ""),  # a valid key: model.arch; its values are checked by the flow
+            ("search.space.distill={student_arch: [x]}", ""),  # a valid key; its values are checked by the flow
+            ("search.space.model={arch: [resnet18]}", "model: not searchable: the search's shared stages"),
+            ("search.space.train={epochs: {low: 1, high: 3}}", "train: not searchable"),
+            ("search.space.gate={max_latency_ms: [1, 2]}", "gate: not searchable"),
+            ("search.space.evaluate={split: [test]}", "evaluate: not searchable"),
+            ("search.space.foo={x: [1]}", "foo: not a params section; search the stages each trial runs: prune"),
             ("search.space.finetune.epochs={low: 1.5, high: 3}", "whole number"),
             ("search.space.prune.ratio={low: 0.9, high: 0.1}", "low (0.9) must be <= high (0.1)"),
             ("search.space.prune.protect={low: 0, high: 1}", "a range needs a numeric knob"),
             ("search.space.quantize.mode={low: 0, high: 1}", "a list of quantization modes"),
             ("search.space.prune.importance=[]", "non-empty [list] of choices"),
-            ("search.space.search={trials: [1]}", "search: not a params section"),
+            ("search.space.search={trials: [1]}", "search: not searchable"),
             ("search.trial_overrides=[bench.runs]", "write each as key=value"),
             ("evaluate.split=train", "evaluate.split")]:
         if not message:
