@@ -1,13 +1,14 @@
 """What sweeps and searches share: the shared stages run once in the project through DVC, then many variants of
 the remaining stages run in scratch work dirs `sweeps/<name>/<variant>/` on a Dask cluster.
 
-A work dir links the project's prepared data, baseline and dvc.yaml (nothing copied); its stages are the stage
+A work dir links a snapshot (hard links) of the project's prepared data, baseline and dvc.yaml; its stages are the stage
 functions (`flows.tasks.run_stage`), outside DVC: variants are measured and thrown away, never released.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from prefect import task
 from prefect_dask import DaskTaskRunner
 
 from edgeopt.errors import ParamsError, PipelineError, StageError
+from edgeopt.io import atomic_dir
 from edgeopt.params import Params, project_params
 from edgeopt.pipeline import closure, load_pipeline
 from flows.tasks import run_stages_with_dvc, stopped_because
@@ -57,19 +59,41 @@ def validate_variants(params_file: str, overrides: list[str], variants: dict[str
     return params
 
 
-def run_shared_stages(root: Path, params_file: str, overrides: list[str]) -> None:
+def run_shared_stages(root: Path, params_file: str, overrides: list[str], snapshot: Path) -> Path:
     """prepare, validate, train in the project through DVC, as a release runs them (dvc.lock records them, DVC's
-    cache skips them when up to date); SharedStagesFailed with the first failure's message."""
+    cache skips them when up to date), then, still under the project lock, their outputs linked into `snapshot`
+    (returned): the variants read that, so a release rerunning prepare or train in the project meanwhile changes
+    nothing under a sweep or search that runs for hours. SharedStagesFailed with the first failure's message."""
     shared = closure(load_pipeline(root), SHARED)
     with project_run(root, params_file, overrides):
         reason = stopped_because(run_stages_with_dvc(shared, root))
-    if reason:
-        raise SharedStagesFailed(f"shared stages: {reason}")
+        if reason:
+            raise SharedStagesFailed(f"shared stages: {reason}")
+        with atomic_dir(snapshot) as tmp:
+            for rel in SHARED_FILES:
+                _link_tree(root / rel, tmp / rel)
+    return snapshot
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links of the files under src (a copy across file systems): DVC replaces an output's files, it never
+    rewrites them in place, so a link keeps the content it had."""
+    if not src.exists():
+        return
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    for f in files:
+        target = dst if f == src else dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
 
 
 @task(name="link-shared-inputs")
 def link_shared_inputs(root: str, workdir: str) -> str:
-    """A work dir whose data/prepared and models/baseline.pt are links to the project's (nothing copied)."""
+    """A work dir whose data/prepared, models/baseline.pt and dvc.yaml are links to those under `root` (the
+    shared-stage snapshot; nothing copied)."""
     for rel in SHARED_FILES:
         src, dst = Path(root) / rel, Path(workdir) / rel
         if not src.exists():

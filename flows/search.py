@@ -134,7 +134,7 @@ def tell(study: Any, trial: Any, future: Any) -> str:
 
 @flow(name="edge-search-trials")
 def run_study(study_dir: str, name: str, params_file: str, trial_base: list[str], root: str, out_dir: str,
-              settings: dict[str, Any]) -> int:
+              settings: dict[str, Any], shared: str) -> int:
     """Ask/tell: keep up to `workers` trials in flight until the study holds `trials` finished ones (or
     timeout_s passed); returns how many trials this run started."""
     logger = get_run_logger()
@@ -163,7 +163,7 @@ def run_study(study_dir: str, name: str, params_file: str, trial_base: list[str]
                 study.tell(trial, state=TrialState.FAIL)
                 finished += 1
                 continue
-            workdir = link_shared_inputs(root, str(Path(out_dir) / f"trial-{trial.number}"))
+            workdir = link_shared_inputs(shared, str(Path(out_dir) / f"trial-{trial.number}"))
             trial.set_user_attr("workdir", workdir)
             logger.info("trial-%d: %s", trial.number, " ".join(extra))
             inflight[trial.number] = (trial, run_trial.submit(trial.number, trial._trial_id, trial_params, workdir,
@@ -248,7 +248,7 @@ def search(params_file: str = "params.yaml", overrides: list[str] | None = None,
         return _refused(exc)
     try:
         try:
-            run_shared_stages(root_path, params_file, base)
+            shared = run_shared_stages(root_path, params_file, base, out_dir / "shared")
             study = st.open_study(study_dir, name, settings, study_terms(params, base + per_trial))
         except SETUP_ERRORS as exc:
             return _refused(exc)
@@ -261,7 +261,7 @@ def search(params_file: str = "params.yaml", overrides: list[str] | None = None,
                     address or f"a local Dask cluster ({settings.workers} workers x 1 thread)")
         run_study.with_options(task_runner=dask_runner(address, settings.workers))(
             str(study_dir), name, params_file, base + per_trial, str(root_path), str(out_dir),
-            settings.model_dump())
+            settings.model_dump(), str(shared))
         doc = summarize_search(study, settings, params, str(root_path), params_file, base,
                                lambda best: check_winner(best, params_file, base, per_trial, str(root_path)))
     finally:

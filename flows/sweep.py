@@ -153,12 +153,12 @@ def sweep(params_file: str = "params.yaml", overrides: list[str] | None = None, 
     try:  # every configuration must validate before anything runs
         params = validate_variants(params_file, base, {f"sweep configuration {c['id']}": per_config + c["overrides"]
                                                        for c in configs}, root_path)
-        run_shared_stages(root_path, params_file, base)
+        shared = run_shared_stages(root_path, params_file, base, out_dir / "shared")
     except SETUP_ERRORS as exc:
         logger.error("%s", exc)
         return Failed(message=str(exc))
     for cfg in configs:
-        cfg["workdir"] = link_shared_inputs(str(root_path), str(out_dir / cfg["id"]))
+        cfg["workdir"] = link_shared_inputs(str(shared), str(out_dir / cfg["id"]))
     logger.info("sweep %s: %d configurations on %s", name, len(configs), address or f"a local Dask cluster "
                 f"({n_workers} workers x 1 thread)")
     stopped = run_configs.with_options(task_runner=dask_runner(address, n_workers))(

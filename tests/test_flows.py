@@ -497,7 +497,11 @@ def test_sweep_of_six_configs_on_local_dask_finds_pareto_front_and_best(two_runs
     points = {}
     for cfg in doc["configs"]:
         work = Path(cfg["workdir"])
-        assert (work / "data" / "prepared").resolve() == (release_project / "data" / "prepared").resolve()
+        # the project's shared outputs, as a snapshot of hard links: a release rerunning train meanwhile is not seen
+        shared = (work / "data" / "prepared").resolve()
+        assert shared == (release_project / "sweeps" / "t" / "shared" / "data" / "prepared").resolve()
+        for f in (release_project / "data" / "prepared").rglob("*.npy"):
+            assert (shared / f.relative_to(release_project / "data" / "prepared")).stat().st_ino == f.stat().st_ino
         assert json.loads((work / "metrics" / "prune.json").read_text())["ratio"] == cfg["prune_ratio"]
         assert json.loads((work / "metrics" / "cluster.json").read_text())["n_clusters"] == cfg["n_clusters"]
         gate = json.loads((work / "reports" / "gate.json").read_text())

@@ -202,6 +202,25 @@ def test_a_resumed_study_reruns_only_interrupted_trials_and_refuses_other_terms(
         st.open_study(tmp_path, "s", params.search, study_terms(params, ["bench.runs=7"]))
 
 
+def test_trials_read_a_snapshot_that_a_release_rerunning_train_does_not_change(tmp_path):
+    from flows.scratch import SHARED_FILES, _link_tree, link_shared_inputs
+
+    root = tmp_path / "proj"
+    for rel, content in (("data/prepared/train/images.npy", b"old pixels"), ("models/baseline.pt", b"old model"),
+                         ("dvc.yaml", b"stages: {}")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+    snapshot = tmp_path / "sweeps" / "s" / "shared"
+    for rel in SHARED_FILES:
+        _link_tree(root / rel, snapshot / rel)
+    work = Path(link_shared_inputs.fn(str(snapshot), str(tmp_path / "sweeps" / "s" / "trial-0")))
+    for rel in ("data/prepared/train/images.npy", "models/baseline.pt"):  # DVC replaces outputs, never edits them
+        (root / (rel + ".new")).write_bytes(b"new")
+        os.replace(root / (rel + ".new"), root / rel)
+    assert (work / "models" / "baseline.pt").read_bytes() == b"old model"
+    assert (work / "data" / "prepared" / "train" / "images.npy").read_bytes() == b"old pixels"
+
+
 # --- the search on digits (Prefect + a local Dask cluster) --------------------------------------------------
 
 @pytest.fixture(scope="module")
