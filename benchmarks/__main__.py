@@ -1,10 +1,11 @@
 """`python -m benchmarks` (also `edgeopt benchmark ...`): compression results and pipeline cost in one run.
 
-    python -m benchmarks                 # full mode (< 40 min on 2 cores): real CIFAR-10 images, ResNet-18 x0.5
+    python -m benchmarks                 # full mode: real CIFAR-10 images, full-width ResNet-18, 3 seeds (hours)
     python -m benchmarks --quick         # a few minutes: tiny epochs, 100 images per class, width 0.25
     python -m benchmarks --smoke         # the runner's own test (~1-2 min): meaningless numbers
     python -m benchmarks --data PATH     # an image folder root/<class>/<image>, or a folder with cifar-10-batches-py
     python -m benchmarks --set prune.ratio=0.55 --set digits:train.epochs=5   # params overrides per chain
+    python -m benchmarks --search-result sweeps/search/search.json   # the search's pick as the release
 
 Writes DIR/benchmark.json and DIR/benchmark.md (DIR = --out, default benchmarks/results/<timestamp>-<mode>/)
 plus the work directories of every chain under DIR/work/. See benchmarks/README.md.
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=in_range(1, 10), metavar="N",
                    help="training seeds of the headline rows (default: the mode's; fewer = shorter, the spread "
                         "is then not measured)")
+    p.add_argument("--search-result", metavar="SEARCH_JSON",
+                   help="benchmark a search's pick: the winning trial's knobs of sweeps/<name>/search.json "
+                        "(`python -m flows.search`) applied to the realistic chain, before any --set")
     p.add_argument("--skip-digits", action="store_true", help="skip the default (digits) chain's cost run")
     p.add_argument("--skip-throughput", action="store_true", help="skip train stage vs bare loop")
     p.add_argument("--in-process", action="store_true", default=None,
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> int:
     from benchmarks import chain as ch
-    from benchmarks import compression, datasource, environment, markdown, throughput
+    from benchmarks import compression, datasource, environment, markdown, search_pick, throughput
     from benchmarks.profiles import COMMON
     from edgeopt.errors import ParamsError
     from edgeopt.io import write_json
@@ -115,6 +119,9 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     t0 = time.perf_counter()
     try:
         user = split_overrides(args.overrides)
+        searched = search_pick.load(args.search_result) if args.search_result else None
+        if searched:  # explicit --set entries still win
+            user["realistic"] = {**search_pick.as_overrides(searched), **user["realistic"]}
         base = load_params(base_params)
         data = datasource.resolve(args.data, REPO, base.data.root)
     except (ValueError, ParamsError) as exc:
@@ -130,7 +137,8 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
         "settings": {"budget_s": profile.budget_s, "data": {k: v for k, v in data.items() if k != "overrides"},
                      "notes": list(profile.notes) + ([data["note"]] if data["source"] == "digits" else []),
                      "execution": "in-process" if in_process else "subprocess per stage",
-                     "overrides": {"realistic": realistic_over, "digits": digits_over}},
+                     "overrides": {"realistic": realistic_over, "digits": digits_over},
+                     "search": searched},
         "compression": None, "cost": {}, "training_throughput": None, "errors": []}
     json_path, md_path = out / "benchmark.json", out / "benchmark.md"
 
@@ -152,6 +160,9 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     say(f"hardware: {hw['cpu']}, {hw['cores']} cores; git {doc['environment']['git'].get('short')}"
         f"{' (dirty)' if doc['environment']['git'].get('dirty') else ''}; results in {out}")
     say(f"data: {data['note']}")
+    if searched:
+        say(f"search: the pick's knobs from search {searched['name']!r} trial {searched['trial']}: "
+            + " ".join(searched["overrides"]))
     say(f"mode goal: under {ch.fmt_s(profile.budget_s)} on a quiet 2-core machine; per-stage ETAs below")
     stages = ch.pipeline_stages()
     work = out / "work"

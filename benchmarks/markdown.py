@@ -21,7 +21,7 @@ def _lat(row: dict[str, Any], key: str) -> dict[str, Any]:
     return ((row.get("latency") or {}).get(key)) or {}
 
 
-def compression_table(comp: dict[str, Any]) -> list[str]:
+def compression_table(comp: dict[str, Any], search_pick: str | None = None) -> list[str]:
     head = ("| row | runtime | prec. | acc % | acc % mean ± std (seeds) | drop pt | size KiB | gzip KiB | params | MMACs | p50 / p90 ms (1 thr) "
             "| p50 / p90 ms (all) | fps 1 thr | batch img/s | size x PT | speed x PT (1 thr) | size x OV | "
             "speed x OV (1 thr) |")
@@ -30,6 +30,8 @@ def compression_table(comp: dict[str, Any]) -> list[str]:
         one, allc = _lat(r, "1_thread"), _lat(r, "all_cores")
         pt, ov = (r.get("ratios") or {}).get("pytorch_fp32") or {}, (r.get("ratios") or {}).get("openvino_fp32") or {}
         name = f"**{r['name']}** (selected)" if r.get("selected") else r["name"]
+        if search_pick and r["name"] == search_pick:
+            name += " (the search's pick)"
         if r.get("status") != "ok":
             name += f" FAILED: {(r.get('reason') or '')[:80]}"
         batch = (r.get("throughput_batch") or {}).get("images_per_s")
@@ -132,7 +134,12 @@ def render(doc: dict[str, Any]) -> str:
                 "drop = points below the FP32 baseline in the same runtime. Ratios: times smaller / faster than "
                 "FP32 PyTorch eager (PT) and FP32 OpenVINO (OV) of the baseline. Gate: "
                 f"{(comp.get('gate') or {}).get('status')}, pick {comp.get('selected')}.", ""]
-        out += compression_table(comp)
+        searched = s.get("search")
+        if searched:
+            out += [f"Knobs of the compression stages from search `{searched['name']}`, trial {searched['trial']} "
+                    f"(`{searched['file']}`): `{' '.join(searched['overrides'])}`; its pick `{searched['pick']}` "
+                    f"scored {_n(searched.get('val_accuracy'), '.2f')} % on validation in the search.", ""]
+        out += compression_table(comp, (searched or {}).get("pick"))
         out += ["", "## Targets", ""] + targets_section(comp.get("targets") or {})
     out += peer_section(doc)
     cost = doc.get("cost") or {}

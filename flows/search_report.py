@@ -198,7 +198,10 @@ def _publish(doc: dict[str, Any], rows: list[dict[str, Any]], records: list[dict
                f"{mk.size(best['size_bytes'])} |",
                f"| gate on the test split | {mk.md_cell(check['gate_status'])}, pick "
                f"{mk.md_code(check['gate_selected'] or '-', True)} |", "",
-               "Release it:", "", "```bash", doc["release"]["cp"], doc["release"]["dvc_exp_run"], "```", ""]
+               "Release it:", "", "```bash", doc["release"]["cp"], doc["release"]["dvc_exp_run"], "```", "",
+               "Benchmark it beside the baseline and the bare-script peer (test split, deployed runtime):", "",
+               "```bash", "python -m benchmarks --search-result "
+               + shlex.quote(str(Path(doc["study"]).parent / "search.json")), "```", ""]
     md += [f"![optimization history]({png_data_uri(history_png(records))})", ""]
     for key, label in FRONTS:
         front = doc["pareto_front"][key]

@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from benchmarks import compression, datasource, markdown
+from benchmarks import compression, datasource, markdown, search_pick
 from benchmarks.__main__ import main, split_overrides
 from edgeopt.pipeline import stage_names
 
@@ -21,10 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.extended  # rows, ratios and targets: test_ratios_and_targets_from_synthetic_rows, in CI
 def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     out = tmp_path / "bench"
-    code = main(["--smoke", "--out", str(out)])
+    searched = _search_result(tmp_path, ["prune.ratio=0.3", "distill.alpha=0.5"], pick="student_ov_int8")
+    code = main(["--smoke", "--out", str(out), "--search-result", str(searched), "--set", "distill.alpha=0.6"])
     doc = json.loads((out / "benchmark.json").read_text())
     assert code == 0, doc["errors"]
     assert doc["errors"] == []
+    # the search's knobs reach the chain's params; an explicit --set still wins
+    chain_params = yaml.safe_load((out / "work" / "realistic" / "params.yaml").read_text())
+    assert chain_params["prune"]["ratio"] == 0.3 and chain_params["distill"]["alpha"] == 0.6
+    assert doc["settings"]["search"]["trial"] == 3 and doc["settings"]["search"]["pick"] == "student_ov_int8"
 
     env = doc["environment"]
     assert env["hardware"]["cpu"] and env["hardware"]["cores"] >= 1
@@ -84,6 +90,43 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     assert "## Targets" in md and "## Pipeline cost" in md and "baseline_ov_int8" in md
     assert "## The external peer" in md and "peer_bare_pruned_kd" in md
     assert ("NOT MET" in md) or ("ALL MET" in md)
+    assert "search `s1`, trial 3" in md and "student_ov_int8 (the search's pick)" in md
+
+
+def _search_result(tmp_path: Path, overrides: list[str], pick: str = "student_ov_int8") -> Path:
+    """A search.json as `python -m flows.search` writes it (the fields the benchmark reads)."""
+    path = tmp_path / "search.json"
+    path.write_text(json.dumps({"name": "s1", "status": "found", "trials": [{"trial": 3}], "best": {
+        "trial": 3, "overrides": overrides, "pick": pick, "val_accuracy": 71.5},
+        "winner_check": {"search_pick_test_accuracy": 70.9}}))
+    return path
+
+
+def test_search_result_gives_the_winning_knobs(tmp_path):
+    picked = search_pick.load(_search_result(tmp_path, ["prune.ratio=0.55", "quantize.modes=[ov_int8]"]))
+    assert picked["trial"] == 3 and picked["test_accuracy"] == 70.9
+    assert search_pick.as_overrides(picked) == {"prune.ratio": "0.55", "quantize.modes": "[ov_int8]"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    ("{not json", "not valid JSON"),
+    ('{"a": 1}', "not a search result"),
+    ('{"name": "s", "trials": [], "best": null, "message": "no trial was feasible"}', "no feasible configuration"),
+    ('{"name": "s", "trials": [], "best": {"overrides": "prune.ratio=0.5"}}', "KEY=VALUE"),
+])
+def test_search_result_refused_with_what_to_do(tmp_path, content, message):
+    path = tmp_path / "search.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(search_pick.SearchResultError, match=message):
+        search_pick.load(path)
+
+
+def test_bad_search_result_exits_2_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["--smoke", "--out", str(out), "--search-result", str(tmp_path / "missing.json")]) == 2
+    assert "--search-result" in capsys.readouterr().err and not (out / "work").exists()
 
 
 def test_overrides_are_split_per_chain():

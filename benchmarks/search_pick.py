@@ -1,0 +1,48 @@
+"""The search's pick as the benchmark's release: `python -m benchmarks --search-result sweeps/<name>/search.json`.
+
+The winning trial's knobs (`best.overrides` of a `python -m flows.search` result: prune, fine-tune, cluster,
+quantize, distill, ...) are applied to the realistic chain on top of the mode's settings, so the chain builds the
+search's pick (its row is marked in benchmark.md), measured beside the baseline and the external peer under the
+benchmark's one protocol (test split, deployed runtime, same latency rounds). The baseline stays the benchmark's
+own: the knobs of a search never touch training (search.space refuses train/model/data sections).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeopt.errors import JSONFileError, NotRegularFileError
+from edgeopt.io import read_json
+
+
+class SearchResultError(ValueError):
+    """A --search-result file the benchmark cannot use (exit 2)."""
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The search's winner as {file, name, trial, pick, val_accuracy, test_accuracy, overrides}; SearchResultError
+    naming what is wrong and what to do."""
+    path = Path(path)
+    try:
+        doc = read_json(path, "search result (sweeps/<name>/search.json of `python -m flows.search`)")
+    except (OSError, JSONFileError, NotRegularFileError) as exc:
+        raise SearchResultError(f"--search-result: {exc}") from None
+    if not isinstance(doc, dict) or "trials" not in doc or "best" not in doc:
+        raise SearchResultError(f"--search-result {path}: not a search result (no 'best' / 'trials'); pass the "
+                                "search.json that `python -m flows.search` wrote under sweeps/<name>/")
+    best = doc["best"]
+    if not best:
+        raise SearchResultError(f"--search-result {path}: search {doc.get('name')!r} found no feasible "
+                                f"configuration ({doc.get('message') or doc.get('status')}); nothing to benchmark")
+    overrides = best.get("overrides") if isinstance(best, dict) else None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise SearchResultError(f"--search-result {path}: best.overrides must be a list of KEY=VALUE strings")
+    check = doc.get("winner_check") or {}
+    return {"file": str(path.resolve()), "name": doc.get("name"), "trial": best.get("trial"),
+            "pick": best.get("pick"), "val_accuracy": best.get("val_accuracy"),
+            "test_accuracy": check.get("search_pick_test_accuracy"), "overrides": list(overrides)}
+
+
+def as_overrides(pick: dict[str, Any]) -> dict[str, str]:
+    """{key: value text} for the realistic chain (values parsed as YAML like every --set)."""
+    return {k.strip(): v for k, _, v in (o.partition("=") for o in pick["overrides"])}
