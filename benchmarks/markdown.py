@@ -138,7 +138,9 @@ def render(doc: dict[str, Any]) -> str:
         if searched:
             out += [f"Knobs of the compression stages from search `{searched['name']}`, trial {searched['trial']} "
                     f"(`{searched['file']}`): `{' '.join(searched['overrides'])}`; its pick `{searched['pick']}` "
-                    f"scored {_n(searched.get('val_accuracy'), '.2f')} % on validation in the search.", ""]
+                    f"scored {_n(searched.get('val_accuracy'), '.2f')} % on validation in the search. The search "
+                    f"itself ({searched.get('trials')} trials, {_n(searched.get('trials_wall_s'), ',.0f')} s of "
+                    "trial wall time) ran before this benchmark and is not in its wall time.", ""]
         out += compression_table(comp, (searched or {}).get("pick"))
         out += ["", "## Targets", ""] + targets_section(comp.get("targets") or {})
     out += peer_section(doc)

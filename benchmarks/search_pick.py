@@ -38,9 +38,13 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         raise SearchResultError(f"--search-result {path}: best.overrides must be a list of KEY=VALUE strings")
     check = doc.get("winner_check") or {}
+    trials = [t for t in doc["trials"] if isinstance(t, dict)] if isinstance(doc["trials"], list) else []
+    walls = [t["wall_s"] for t in trials if isinstance(t.get("wall_s"), (int, float))]
     return {"file": str(path.resolve()), "name": doc.get("name"), "trial": best.get("trial"),
             "pick": best.get("pick"), "val_accuracy": best.get("val_accuracy"),
-            "test_accuracy": check.get("search_pick_test_accuracy"), "overrides": list(overrides)}
+            "test_accuracy": check.get("search_pick_test_accuracy"), "overrides": list(overrides),
+            # the search ran before this benchmark: its cost is reported beside it, not inside its wall time
+            "trials": len(trials), "trials_wall_s": round(sum(walls), 1) if walls else None}
 
 
 def as_overrides(pick: dict[str, Any]) -> dict[str, str]:

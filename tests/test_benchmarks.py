@@ -96,7 +96,8 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
 def _search_result(tmp_path: Path, overrides: list[str], pick: str = "student_ov_int8") -> Path:
     """A search.json as `python -m flows.search` writes it (the fields the benchmark reads)."""
     path = tmp_path / "search.json"
-    path.write_text(json.dumps({"name": "s1", "status": "found", "trials": [{"trial": 3}], "best": {
+    path.write_text(json.dumps({"name": "s1", "status": "found", "trials": [
+        {"trial": 2, "wall_s": 100.0}, {"trial": 3, "wall_s": 20.5}, {"trial": 4, "wall_s": None}], "best": {
         "trial": 3, "overrides": overrides, "pick": pick, "val_accuracy": 71.5},
         "winner_check": {"search_pick_test_accuracy": 70.9}}))
     return path
@@ -105,6 +106,7 @@ def _search_result(tmp_path: Path, overrides: list[str], pick: str = "student_ov
 def test_search_result_gives_the_winning_knobs(tmp_path):
     picked = search_pick.load(_search_result(tmp_path, ["prune.ratio=0.55", "quantize.modes=[ov_int8]"]))
     assert picked["trial"] == 3 and picked["test_accuracy"] == 70.9
+    assert picked["trials"] == 3 and picked["trials_wall_s"] == 120.5  # the search's own cost, reported beside
     assert search_pick.as_overrides(picked) == {"prune.ratio": "0.55", "quantize.modes": "[ov_int8]"}
 
 
