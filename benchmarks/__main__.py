@@ -141,11 +141,13 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
                      "search": searched},
         "compression": None, "cost": {}, "training_throughput": None, "errors": []}
     json_path, md_path = out / "benchmark.json", out / "benchmark.md"
+    doc["settings"]["cut"] = cuts(args, profile)
 
     def save() -> None:
         doc["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         doc["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
         doc["duration_s"] = round(time.perf_counter() - t0, 1)
+        doc["budget"] = budget(doc)
         write_json(json_path, doc)
         md_path.write_text(markdown.render(doc))
 
@@ -200,11 +202,13 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
 
     # 3. training throughput on the realistic data, before training (it also calibrates the ETAs)
     if ok and not args.skip_throughput:
+        t_tp = time.perf_counter()
         try:
             tp = throughput.measure_in_subprocess(real.workdir / "data" / "prepared", real.params_file,
                                                   work / "throughput", profile.throughput_epochs,
                                                   profile.throughput_repeats, say)
             doc["training_throughput"] = tp
+            tp["measured_in_s"] = round(time.perf_counter() - t_tp, 1)
             est.train_ips = tp["stage_images_per_s"]
             say(f"[throughput] bare {tp['bare_images_per_s']:.1f} img/s, stage {tp['stage_images_per_s']:.1f} "
                 f"img/s: overhead {tp['overhead_pct']:+.1f} % ({'met' if tp['met'] else 'NOT met'})")
@@ -319,6 +323,42 @@ def run_seeds(real, overrides: dict[str, Any], base_params: Path, stages: list[s
             out.setdefault(PYTORCH_ROW, []).append(round(train["test_accuracy"], 4))
     doc["seeds"]["accuracy"] = out
     return out
+
+
+def cuts(args: argparse.Namespace, profile) -> list[str]:
+    """What this run leaves out of its mode, by the user's choice."""
+    from benchmarks.profiles import PROFILES
+
+    default = PROFILES[profile.name]
+    out = [f"{profile.seeds} training seed(s) instead of the mode's {default.seeds} (no spread)"
+           ] if profile.seeds < default.seeds else []
+    if args.skip_digits and default.digits_chain:
+        out.append("the default (digits) chain's cost run (--skip-digits)")
+    if args.skip_throughput:
+        out.append("train stage vs bare loop (--skip-throughput)")
+    if not args.search_result:
+        out.append("the search's pick: `python -m flows.search` runs for hours on 2 cores (each trial fine-tunes "
+                   "and distils), so the benchmark never runs it itself; benchmark its result with --search-result")
+    return out
+
+
+def budget(doc: dict[str, Any]) -> dict[str, Any]:
+    """The mode's wall-time goal against what took the time: each chain, the peer's seeds, the rest (latency
+    rounds, accuracy of every row), and the longest stages; `over_s` > 0 when the goal was missed."""
+    parts = {f"chain {k}": c.get("total_wall_s") or 0.0 for k, c in (doc.get("cost") or {}).items()}
+    parts["external peer"] = sum(r.get("wall_s") or 0.0 for r in doc.get("reference") or [])
+    parts.update({f"seed {k} (train .. evaluate)": c.get("total_wall_s") or 0.0
+                  for k, c in ((doc.get("seeds") or {}).get("chains") or {}).items()})
+    if doc.get("training_throughput"):
+        parts["training throughput"] = doc["training_throughput"].get("measured_in_s") or 0.0
+    total, goal = doc.get("duration_s") or 0.0, doc["settings"]["budget_s"]
+    parts["measuring the rows and the rest"] = max(0.0, total - sum(parts.values()))
+    stages = [(f"{label}: {name}", st.get("wall_s") or 0.0) for label, c in (doc.get("cost") or {}).items()
+              for name, st in (c.get("stages") or {}).items()]
+    return {"goal_s": goal, "took_s": total, "over_s": round(total - goal, 1), "met": total <= goal,
+            "parts_s": {k: round(v, 1) for k, v in parts.items() if v},
+            "longest_stages_s": {k: round(v, 1) for k, v in sorted(stages, key=lambda kv: -kv[1])[:3]},
+            "cut": list(doc["settings"].get("cut") or [])}
 
 
 def ch_fmt(seconds: float) -> str:

@@ -116,6 +116,14 @@ def render(doc: dict[str, Any]) -> str:
            f"{'/'.join(hw.get('isa') or [])}; load average at start {hw.get('load_average_at_start')}",
            f"- git: {git.get('commit') or git.get('note')}" + (" (dirty: uncommitted changes)" if git.get("dirty") else ""),
            f"- python {env.get('python')}; {libs}"]
+    b = doc.get("budget") or {}
+    if b:
+        parts = ", ".join(f"{k} {v:,.0f} s" for k, v in (b.get("parts_s") or {}).items())
+        longest = ", ".join(f"{k} {v:,.0f} s" for k, v in (b.get("longest_stages_s") or {}).items())
+        out.append(f"- time goal {'met' if b.get('met') else '**NOT MET**'}: {_n(b.get('took_s'), ',.0f')} s of "
+                   f"{_n(b.get('goal_s'), ',.0f')} s; {parts}; longest stages: {longest}")
+    for cut in s.get("cut") or []:
+        out.append(f"- left out of this run: {cut}")
     data = s.get("data") or {}
     model = s.get("model") or {}
     out += [f"- data: {data.get('note')}",

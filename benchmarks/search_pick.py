@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import JSONFileError, NotRegularFileError
+from edgeopt.errors import JSONFileError, NotRegularFileError, ParamsError
 from edgeopt.io import read_json
 
 
-class SearchResultError(ValueError):
-    """A --search-result file the benchmark cannot use (exit 2)."""
+class SearchResultError(ParamsError):
+    """A --search-result file the benchmark cannot use: a bad argument, exit 2 like bad params."""
 
 
 def load(path: str | Path) -> dict[str, Any]:

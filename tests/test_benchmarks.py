@@ -31,6 +31,8 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     chain_params = yaml.safe_load((out / "work" / "realistic" / "params.yaml").read_text())
     assert chain_params["prune"]["ratio"] == 0.3 and chain_params["distill"]["alpha"] == 0.6
     assert doc["settings"]["search"]["trial"] == 3 and doc["settings"]["search"]["pick"] == "student_ov_int8"
+    assert doc["budget"]["goal_s"] == 180.0 and doc["budget"]["parts_s"]["chain realistic"] > 0
+    assert doc["settings"]["cut"] == []  # the smoke mode's own seeds, a search result given
 
     env = doc["environment"]
     assert env["hardware"]["cpu"] and env["hardware"]["cores"] >= 1
@@ -123,6 +125,30 @@ def test_search_result_refused_with_what_to_do(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(search_pick.SearchResultError, match=message):
         search_pick.load(path)
+
+
+def test_budget_names_what_took_the_time_and_what_was_left_out():
+    import argparse
+    import dataclasses
+
+    from benchmarks.__main__ import budget, cuts
+    from benchmarks.profiles import FULL
+
+    doc = {"duration_s": 3000.0, "settings": {"budget_s": 2400.0},
+           "cost": {"realistic": {"total_wall_s": 2000.0, "stages": {"train": {"wall_s": 1500.0, "status": "ok"},
+                                                                     "distill": {"wall_s": 400.0, "status": "ok"}}}},
+           "reference": [{"wall_s": 700.0}], "seeds": {"chains": {}}, "training_throughput": None}
+    b = budget(doc)
+    assert b["met"] is False and b["over_s"] == 600.0
+    assert b["parts_s"] == {"chain realistic": 2000.0, "external peer": 700.0, "measuring the rows and the rest": 300.0}
+    assert list(b["longest_stages_s"]) == ["realistic: train", "realistic: distill"]
+    args = argparse.Namespace(skip_digits=True, skip_throughput=False, search_result=None)
+    left = cuts(args, dataclasses.replace(FULL, seeds=1))
+    assert left[0].startswith("1 training seed(s) instead of the mode's 3") and "--skip-digits" in left[1]
+    assert "--search-result" in left[-1] and len(left) == 3
+    assert cuts(argparse.Namespace(skip_digits=False, skip_throughput=False, search_result="s.json"), FULL) == []
+    md = markdown.render({**doc, "reference": [], "budget": b, "settings": {**doc["settings"], "cut": left}})
+    assert "time goal **NOT MET**: 3,000 s of 2,400 s" in md and "left out of this run: 1 training seed(s)" in md
 
 
 def test_bad_search_result_exits_2_before_anything_runs(tmp_path, capsys):
