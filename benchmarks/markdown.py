@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeopt.markup import md_code, md_text
+
 
 def _n(v: Any, fmt: str = ",.0f", none: str = "-") -> str:
     return none if v is None else format(v, fmt)
@@ -144,8 +146,9 @@ def render(doc: dict[str, Any]) -> str:
                 f"{(comp.get('gate') or {}).get('status')}, pick {comp.get('selected')}.", ""]
         searched = s.get("search")
         if searched:
-            out += [f"Knobs of the compression stages from search `{searched['name']}`, trial {searched['trial']} "
-                    f"(`{searched['file']}`): `{' '.join(searched['overrides'])}`; its pick `{searched['pick']}` "
+            out += [f"Knobs of the compression stages from search {md_code(searched['name'])}, trial "
+                    f"{md_text(searched['trial'])} ({md_code(searched['file'])}): "
+                    f"{md_code(' '.join(searched['overrides']))}; its pick {md_code(searched['pick'])} "
                     f"scored {_n(searched.get('val_accuracy'), '.2f')} % on validation in the search. The search "
                     f"itself ({searched.get('trials')} trials, {_n(searched.get('trials_wall_s'), ',.0f')} s of "
                     "trial wall time) ran before this benchmark and is not in its wall time.", ""]

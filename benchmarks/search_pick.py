@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeopt.errors import JSONFileError, NotRegularFileError, ParamsError
 from edgeopt.io import read_json
+from edgeopt.params import SEARCHABLE
 
 
 class SearchResultError(ParamsError):
@@ -37,6 +38,13 @@ def load(path: str | Path) -> dict[str, Any]:
     overrides = best.get("overrides") if isinstance(best, dict) else None
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         raise SearchResultError(f"--search-result {path}: best.overrides must be a list of KEY=VALUE strings")
+    # a search only varies the stages its trials run; anything else (data, training, the gate, the registry)
+    # in a result file was not searched and would silently change what the benchmark measures
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    foreign = sorted({k for k in keys if k.split(".")[0] not in SEARCHABLE})
+    if foreign:
+        raise SearchResultError(f"--search-result {path}: best.overrides sets {', '.join(foreign)}, outside the "
+                                f"sections a search varies ({', '.join(SEARCHABLE)}); pass --set for those")
     check = doc.get("winner_check") or {}
     trials = [t for t in doc["trials"] if isinstance(t, dict)] if isinstance(doc["trials"], list) else []
     walls = [t["wall_s"] for t in trials if isinstance(t.get("wall_s"), (int, float))]

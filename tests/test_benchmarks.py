@@ -118,6 +118,9 @@ def test_search_result_gives_the_winning_knobs(tmp_path):
     ('{"a": 1}', "not a search result"),
     ('{"name": "s", "trials": [], "best": null, "message": "no trial was feasible"}', "no feasible configuration"),
     ('{"name": "s", "trials": [], "best": {"overrides": "prune.ratio=0.5"}}', "KEY=VALUE"),
+    ('{"name": "s", "trials": [], "best": {"overrides": ["prune.ratio=0.5", "registry.root=/etc"]}}',
+     "sets registry.root, outside the sections a search varies"),
+    ('{"name": "s", "trials": [], "best": {"overrides": ["train.epochs=1"]}}', "sets train.epochs"),
 ])
 def test_search_result_refused_with_what_to_do(tmp_path, content, message):
     path = tmp_path / "search.json"
