@@ -357,8 +357,7 @@ def budget(doc: dict[str, Any]) -> dict[str, Any]:
               for name, st in (c.get("stages") or {}).items()]
     return {"goal_s": goal, "took_s": total, "over_s": round(total - goal, 1), "met": total <= goal,
             "parts_s": {k: round(v, 1) for k, v in parts.items() if v},
-            "longest_stages_s": {k: round(v, 1) for k, v in sorted(stages, key=lambda kv: -kv[1])[:3]},
-            "cut": list(doc["settings"].get("cut") or [])}
+            "longest_stages_s": {k: round(v, 1) for k, v in sorted(stages, key=lambda kv: -kv[1])[:3]}}
 
 
 def ch_fmt(seconds: float) -> str:
