@@ -45,14 +45,19 @@ def load(path: str | Path) -> dict[str, Any]:
     if foreign:
         raise SearchResultError(f"--search-result {path}: best.overrides sets {', '.join(foreign)}, outside the "
                                 f"sections a search varies ({', '.join(SEARCHABLE)}); pass --set for those")
-    check = doc.get("winner_check") or {}
+    check = doc.get("winner_check") if isinstance(doc.get("winner_check"), dict) else {}
     trials = [t for t in doc["trials"] if isinstance(t, dict)] if isinstance(doc["trials"], list) else []
     walls = [t["wall_s"] for t in trials if isinstance(t.get("wall_s"), (int, float))]
     return {"file": str(path.resolve()), "name": doc.get("name"), "trial": best.get("trial"),
-            "pick": best.get("pick"), "val_accuracy": best.get("val_accuracy"),
-            "test_accuracy": check.get("search_pick_test_accuracy"), "overrides": list(overrides),
+            "pick": best.get("pick"), "val_accuracy": _number(best.get("val_accuracy")),
+            "test_accuracy": _number(check.get("search_pick_test_accuracy")), "overrides": list(overrides),
             # the search ran before this benchmark: its cost is reported beside it, not inside its wall time
             "trials": len(trials), "trials_wall_s": round(sum(walls), 1) if walls else None}
+
+
+def _number(v: Any) -> float | None:
+    """A figure from the file, or None: a crafted value must not break the report hours later."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def as_overrides(pick: dict[str, Any]) -> dict[str, str]:

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     print(doc["message"])
     print(f"release it: {doc['release']['cp']}")
     print(f"        or: {doc['release']['dvc_exp_run']}")
-    print(f"benchmark it: python -m benchmarks --search-result {Path(doc['study']).parent / 'search.json'}")
+    print(f"benchmark it: {doc['release']['benchmark']}")
     return 0
 
 

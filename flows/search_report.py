@@ -73,7 +73,8 @@ def candidate_rows(records: list[dict[str, Any]], best: dict[str, Any] | None) -
 def release_commands(best_file: Path, root: Path, overrides: list[str]) -> dict[str, str]:
     rel = best_file.relative_to(root) if best_file.is_relative_to(root) else best_file
     return {"cp": f"cp {shlex.quote(str(rel))} params.yaml && dvc repro",
-            "dvc_exp_run": "dvc exp run " + " ".join(f"-S {shlex.quote(o)}" for o in overrides)}
+            "dvc_exp_run": "dvc exp run " + " ".join(f"-S {shlex.quote(o)}" for o in overrides),
+            "benchmark": f"python -m benchmarks --search-result {shlex.quote(str(rel.parent / 'search.json'))}"}
 
 
 def best_params_text(root: Path, params_file: str, overrides: list[str]) -> str:
@@ -200,8 +201,7 @@ def _publish(doc: dict[str, Any], rows: list[dict[str, Any]], records: list[dict
                f"{mk.md_code(check['gate_selected'] or '-', True)} |", "",
                "Release it:", "", "```bash", doc["release"]["cp"], doc["release"]["dvc_exp_run"], "```", "",
                "Benchmark it beside the baseline and the bare-script peer (test split, deployed runtime):", "",
-               "```bash", "python -m benchmarks --search-result "
-               + shlex.quote(str(Path(doc["study"]).parent / "search.json")), "```", ""]
+               "```bash", doc["release"]["benchmark"], "```", ""]
     md += [f"![optimization history]({png_data_uri(history_png(records))})", ""]
     for key, label in FRONTS:
         front = doc["pareto_front"][key]

@@ -110,6 +110,11 @@ def test_search_result_gives_the_winning_knobs(tmp_path):
     assert picked["trial"] == 3 and picked["test_accuracy"] == 70.9
     assert picked["trials"] == 3 and picked["trials_wall_s"] == 120.5  # the search's own cost, reported beside
     assert search_pick.as_overrides(picked) == {"prune.ratio": "0.55", "quantize.modes": "[ov_int8]"}
+    crafted = tmp_path / "crafted.json"
+    crafted.write_text(json.dumps({"name": "s", "trials": "x", "winner_check": [1], "best": {
+        "trial": 1, "overrides": ["prune.ratio=0.5"], "pick": "p", "val_accuracy": "71 %"}}))
+    odd = search_pick.load(crafted)  # figures that are not numbers become None: the report still renders
+    assert odd["val_accuracy"] is None and odd["test_accuracy"] is None and odd["trials"] == 0
 
 
 @pytest.mark.parametrize("content, message", [

@@ -279,6 +279,7 @@ def test_search_finds_a_feasible_config_and_writes_params_that_release_it(search
     assert released.bench.runs == 20 and released.distill.also_without_kd  # trial speed-ups not written
     assert doc["release"]["cp"].startswith("cp sweeps/t/best_params.yaml params.yaml")
     assert "-S search.max_macs=1500000" in doc["release"]["dvc_exp_run"]
+    assert doc["release"]["benchmark"] == "python -m benchmarks --search-result sweeps/t/search.json"
     # the Pareto fronts over all trials' feasible candidates
     feasible = {f"trial-{r['trial']}/{c['name']}": c for r in complete for c in r["candidates"]
                 if c["feasible"] and not c["baseline"]}
