@@ -6,6 +6,7 @@
     python -m benchmarks --data PATH     # an image folder root/<class>/<image>, or a folder with cifar-10-batches-py
     python -m benchmarks --set prune.ratio=0.55 --set digits:train.epochs=5   # params overrides per chain
     python -m benchmarks --search-result sweeps/search/search.json   # the search's pick as the release
+    python -m benchmarks --add-seeds DIR --seeds 3   # more seeds for the finished run in DIR (its work/ kept)
 
 Writes DIR/benchmark.json and DIR/benchmark.md (DIR = --out, default benchmarks/results/<timestamp>-<mode>/)
 plus the work directories of every chain under DIR/work/. See benchmarks/README.md.
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-result", metavar="SEARCH_JSON",
                    help="benchmark a search's pick: the winning trial's knobs of sweeps/<name>/search.json "
                         "(`python -m flows.search`) applied to the realistic chain, before any --set")
+    p.add_argument("--add-seeds", metavar="DIR",
+                   help="add training seeds (up to --seeds, default the mode's) to the finished run in DIR, one "
+                        "seed at a time, same recipe; DIR/benchmark.json and .md are rewritten after each seed")
     p.add_argument("--skip-digits", action="store_true", help="skip the default (digits) chain's cost run")
     p.add_argument("--skip-throughput", action="store_true", help="skip train stage vs bare loop")
     p.add_argument("--in-process", action="store_true", default=None,
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("EDGEOPT_NO_PROGRESS", "1")
     from benchmarks.profiles import PROFILES
 
+    if args.add_seeds:
+        return add_seeds(args, list(sys.argv[1:] if argv is None else argv))
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.seeds is not None:
         profile = dataclasses.replace(profile, seeds=args.seeds)
@@ -102,6 +108,32 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, list(sys.argv[1:] if argv is None else argv), profile, out, say)
     except KeyboardInterrupt:
         say("interrupted; partial results are in " + str(out))
+        return 130
+
+
+def add_seeds(args: argparse.Namespace, argv: list[str]) -> int:
+    """--add-seeds DIR: the run's own settings decide everything but the number of seeds."""
+    from benchmarks import more_seeds
+
+    extra = [o for o in argv if o.startswith("--") and o.split("=")[0] not in ("--add-seeds", "--seeds")]
+    out = Path(args.add_seeds).resolve()
+    if extra:
+        print(f"benchmark: error: --add-seeds takes only --seeds (the run's own settings are kept); drop "
+              f"{' '.join(extra)}", file=sys.stderr)
+        return 2
+    if not (out / "benchmark.json").is_file():
+        print(f"benchmark: error: --add-seeds {out}: no benchmark.json there; pass the --out DIR of a finished "
+              "run", file=sys.stderr)
+        return 2
+    say = Console(out / "benchmark.log")
+    try:
+        return more_seeds.run(out, args.seeds, say, repo=REPO, fmt=FORMAT)
+    except more_seeds.AddSeedsError as exc:
+        say(f"benchmark: error: {exc}")
+        print(f"benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        say("interrupted; the seeds added so far are in " + str(out))
         return 130
 
 
@@ -273,56 +305,71 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
 
 def run_reference(prepared: Path, out: Path, profile, say, doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The bare script + its pruned/KD model, one process per seed (alone on the machine: never beside a stage)."""
+    runs = []
+    for seed in range(profile.seeds):
+        run = reference_seed(prepared, out, seed, profile, say, doc)
+        if run is None:
+            break
+        runs.append(run)
+    doc["reference"] = runs
+    return runs
+
+
+def reference_seed(prepared: Path, out: Path, seed: int, profile, say, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """One seed of the external peer in its own process; None (and an entry in doc["errors"]) when it failed."""
     import json
     import subprocess
 
-    runs = []
     epochs, kd_epochs = profile.reference_epochs
-    for seed in range(profile.seeds):
-        say(f"[reference] seed {seed}: bare ResNet-18 script {epochs} epochs, then prune 50 % + {kd_epochs} epochs KD")
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
-                               str(seed), str(epochs), str(kd_epochs)], cwd=REPO, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
-        if proc.returncode != 0 or line is None:
-            doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
-            say(f"[reference] seed {seed}: failed")
-            break
-        runs.append({**json.loads(line.split(" ", 1)[1]), "wall_s": round(time.perf_counter() - t0, 1)})
-        say(f"[reference] seed {seed}: done in {ch_fmt(runs[-1]['wall_s'])}")
-    doc["reference"] = runs
-    return runs
+    say(f"[reference] seed {seed}: bare ResNet-18 script {epochs} epochs, then prune 50 % + {kd_epochs} epochs KD")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
+                           str(seed), str(epochs), str(kd_epochs)], cwd=REPO, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
+    if proc.returncode != 0 or line is None:
+        doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        say(f"[reference] seed {seed}: failed")
+        return None
+    run = {**json.loads(line.split(" ", 1)[1]), "wall_s": round(time.perf_counter() - t0, 1)}
+    say(f"[reference] seed {seed}: done in {ch_fmt(run['wall_s'])}")
+    return run
 
 
 def run_seeds(real, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path, in_process: bool,
               profile, say, doc: dict[str, Any]) -> dict[str, list[float]]:
     """Seeds 1.. of the pipeline itself: train .. evaluate on the same prepared images (the test split stays the
     same), so the headline rows get a mean and a spread. Returns {row name: [accuracy of seed 1, ...]}."""
-    import os
-
-    from benchmarks import chain as ch
-    from benchmarks.compression import PYTORCH_ROW
-
     out: dict[str, list[float]] = {}
     doc["seeds"] = {"seeds": list(range(profile.seeds)), "chains": {}}
     for seed in range(1, profile.seeds):
-        c = ch.Chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, in_process, say)
-        c.setup(base_params)
-        (c.workdir / "data").mkdir(exist_ok=True)
-        link = c.workdir / "data" / "prepared"
-        if not link.exists():
-            os.symlink((real.workdir / "data" / "prepared").resolve(), link)
-        c.run(stages[stages.index("train"):stages.index("evaluate") + 1], ch.Estimator(c, {}))
-        doc["seeds"]["chains"][str(seed)] = c.summary()
-        ev = (c.metrics("evaluate") or {}).get("candidates") or {}
-        for name, row in ev.items():
-            if row.get("accuracy") is not None:
-                out.setdefault(name, []).append(round(row["accuracy"], 4))
-        train = c.metrics("train") or {}
-        if train.get("test_accuracy") is not None:
-            out.setdefault(PYTORCH_ROW, []).append(round(train["test_accuracy"], 4))
+        summary, accs = pipeline_seed(real.workdir, overrides, base_params, stages, work, in_process, seed, say)
+        doc["seeds"]["chains"][str(seed)] = summary
+        for name, acc in accs.items():
+            out.setdefault(name, []).append(acc)
     doc["seeds"]["accuracy"] = out
     return out
+
+
+def pipeline_seed(real_workdir: Path, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path,
+                  in_process: bool, seed: int, say) -> tuple[dict[str, Any], dict[str, float]]:
+    """train .. evaluate with `seed` on the realistic chain's prepared images (linked, not copied). Returns the
+    chain's cost summary and {row name: test accuracy} (the candidates in their runtime, PyTorch for the baseline)."""
+    from benchmarks import chain as ch
+    from benchmarks.compression import PYTORCH_ROW
+
+    c = ch.Chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, in_process, say)
+    c.setup(base_params)
+    (c.workdir / "data").mkdir(exist_ok=True)
+    link = c.workdir / "data" / "prepared"
+    if not link.exists():
+        os.symlink((real_workdir / "data" / "prepared").resolve(), link)
+    c.run(stages[stages.index("train"):stages.index("evaluate") + 1], ch.Estimator(c, {}))
+    accs = {name: round(row["accuracy"], 4) for name, row in ((c.metrics("evaluate") or {}).get("candidates")
+                                                                or {}).items() if row.get("accuracy") is not None}
+    train = c.metrics("train") or {}
+    if train.get("test_accuracy") is not None:
+        accs[PYTORCH_ROW] = round(train["test_accuracy"], 4)
+    return c.summary(), accs
 
 
 def cuts(args: argparse.Namespace, profile) -> list[str]:

@@ -242,13 +242,7 @@ def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs
                                                            "ONNX Runtime")):
         if not runs_by_seed or key not in runs_by_seed[0]:
             continue
-        from edgeopt.runtime import load_model
-
-        accs = []
-        for run in runs_by_seed:
-            m = load_model(Path(run[key]["onnx"]), runtime="onnxruntime")
-            accs.append(round(accuracy_in_runtime(m, test_x, test_y, meta["mean"], meta["std"],
-                                                  params.evaluate.batch_size)[0], 4))
+        accs = peer_accuracy(runs_by_seed, key, paths, params)
         first = runs_by_seed[0][key]
         size, gz = _sizes([Path(first["onnx"])])
         rows.append({"name": name, "kind": "peer", "source": "reference", "runtime": "onnxruntime",
@@ -273,14 +267,7 @@ def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs
         r["throughput_batch"] = m["batch"] if m else None
         if m and m["error"]:
             r.update(status="failed", reason=f"latency: {m['error']}")
-    for r in rows:  # mean and spread over seeds where other seeds were run
-        accs = (r.get("seeds") or {}).get("accuracy") or (
-            [r["accuracy"], *seed_accuracy[r["name"]]] if seed_accuracy and r["name"] in seed_accuracy
-            and r.get("accuracy") is not None else None)
-        if accs:
-            r["seeds"] = {**(r.get("seeds") or {}), "accuracy": accs}
-            r["accuracy_mean"] = round(float(np.mean(accs)), 4)
-            r["accuracy_std"] = round(float(np.std(accs, ddof=1)), 4) if len(accs) > 1 else None
+    _seed_stats(rows, seed_accuracy)
     _drops(rows, cands.get("baselines", {}))
     refs = {"pytorch_fp32": PYTORCH_ROW, "openvino_fp32": cands.get("baselines", {}).get("openvino"),
             "onnx_fp32": cands.get("baselines", {}).get("onnxruntime"), "baseline_ov_int8": INT8_ROW}
@@ -299,6 +286,55 @@ def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs
                                      "(edgeopt.runtime.load_model)",
                          "accuracy": f"test split, {len(test_y)} images",
                          "size": "bytes of the shipped files (PyTorch: the checkpoint file); gzip -9 beside"}}
+
+
+def peer_accuracy(runs: list[dict[str, Any]], key: str, paths: Paths, params) -> list[float]:
+    """Test accuracy of each seed's peer model (`key`: bare | pruned_kd) in ONNX Runtime, the rows' protocol."""
+    from edgeopt.accuracy import accuracy_in_runtime
+    from edgeopt.arrays import load_meta, open_split
+    from edgeopt.runtime import load_model
+
+    meta = load_meta(paths.prepared)
+    test_x, test_y = open_split(paths.prepared, "test")
+    out = []
+    for run in runs:
+        m = load_model(Path(run[key]["onnx"]), runtime="onnxruntime")
+        out.append(round(accuracy_in_runtime(m, test_x, test_y, meta["mean"], meta["std"],
+                                             params.evaluate.batch_size)[0], 4))
+    return out
+
+
+def _seed_stats(rows: list[dict[str, Any]], seed_accuracy: dict[str, list[float]] | None) -> None:
+    """Mean and spread over the seeds run: a peer row carries its own list, a pipeline row gets seed 0's
+    accuracy followed by `seed_accuracy[name]` (seeds 1..)."""
+    for r in rows:
+        accs = (r.get("seeds") or {}).get("accuracy") if r.get("kind") == "peer" else (
+            [r["accuracy"], *seed_accuracy[r["name"]]] if seed_accuracy and r["name"] in seed_accuracy
+            and r.get("accuracy") is not None else None)
+        if accs:
+            r["seeds"] = {**(r.get("seeds") or {}), "accuracy": accs}
+            r["accuracy_mean"] = round(float(np.mean(accs)), 4)
+            r["accuracy_std"] = round(float(np.std(accs, ddof=1)), 4) if len(accs) > 1 else None
+
+
+def add_seeds(table: dict[str, Any], paths: Paths, params, peers: list[dict[str, Any]],
+              seed_accuracy: dict[str, list[float]]) -> dict[str, Any]:
+    """A finished table with more seeds: the peers' accuracies (every seed's model, measured again in ONNX
+    Runtime) and the pipeline's (seed 0 + `seed_accuracy`) give new means and spreads, and the targets are
+    checked again on them. Seed 0's sizes, MACs and latencies stay as measured: other seeds only retrain."""
+    rows = table["rows"]
+    for r in rows:
+        if r.get("kind") == "peer":
+            key = "bare" if r["name"] == BARE_ROW else "pruned_kd"
+            r["seeds"] = {"seeds": [p["seed"] for p in peers], "accuracy": peer_accuracy(peers, key, paths, params),
+                          "train_s": [p[key]["train_s"] for p in peers]}
+        else:
+            for k in ("seeds", "accuracy_mean", "accuracy_std"):
+                r.pop(k, None)
+    _seed_stats(rows, seed_accuracy)
+    table["targets"] = targets(rows, table.get("selected"), table.get("selected_by") or "", table["references"],
+                               _training(paths))
+    return table
 
 
 def _training(paths: Paths) -> dict[str, Any]:
