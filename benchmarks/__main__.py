@@ -70,11 +70,14 @@ class Console:
         self.log = log
 
     def __call__(self, msg: str) -> None:
+        print(self.log_only(msg), flush=True)
+
+    def log_only(self, msg: str) -> str:
         el = int(time.perf_counter() - self.t0)
         line = f"[{el // 60:02d}:{el % 60:02d}] {msg}"
-        print(line, flush=True)
         with open(self.log, "a") as fh:
             fh.write(line + "\n")
+        return line
 
 
 def split_overrides(items: list[str]) -> dict[str, dict[str, str]]:
@@ -115,21 +118,23 @@ def add_seeds(args: argparse.Namespace, argv: list[str]) -> int:
     """--add-seeds DIR: the run's own settings decide everything but the number of seeds."""
     from benchmarks import more_seeds
 
+    from edgeopt.errors import ParamsError
+
     extra = [o for o in argv if o.startswith("--") and o.split("=")[0] not in ("--add-seeds", "--seeds")]
     out = Path(args.add_seeds).resolve()
     if extra:
         print(f"benchmark: error: --add-seeds takes only --seeds (the run's own settings are kept); drop "
               f"{' '.join(extra)}", file=sys.stderr)
         return 2
-    if not (out / "benchmark.json").is_file():
-        print(f"benchmark: error: --add-seeds {out}: no benchmark.json there; pass the --out DIR of a finished "
-              "run", file=sys.stderr)
+    if not out.is_dir():
+        print(f"benchmark: error: --add-seeds {out}: not a directory; pass the --out DIR of a finished run",
+              file=sys.stderr)
         return 2
     say = Console(out / "benchmark.log")
     try:
-        return more_seeds.run(out, args.seeds, say, repo=REPO, fmt=FORMAT)
-    except more_seeds.AddSeedsError as exc:
-        say(f"benchmark: error: {exc}")
+        return more_seeds.run(out, args.seeds, say, repo=REPO, fmt=FORMAT, parse_argv=build_parser().parse_args)
+    except ParamsError as exc:  # AddSeedsError included; the log keeps it beside the run's history
+        say.log_only(f"benchmark: error: {exc}")
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -140,6 +145,8 @@ def add_seeds(args: argparse.Namespace, argv: list[str]) -> int:
 def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> int:
     from benchmarks import chain as ch
     from benchmarks import compression, datasource, environment, markdown, search_pick, throughput
+    from benchmarks.seed_runs import run_reference, run_seeds
+    from benchmarks.summary import budget, cuts, print_summary
     from benchmarks.profiles import COMMON
     from edgeopt.errors import ParamsError
     from edgeopt.io import write_json
@@ -301,129 +308,6 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     print_summary(doc, say)
     say(f"wrote {json_path} and {md_path}")
     return 0 if not doc["errors"] else 1
-
-
-def run_reference(prepared: Path, out: Path, profile, say, doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The bare script + its pruned/KD model, one process per seed (alone on the machine: never beside a stage)."""
-    runs = []
-    for seed in range(profile.seeds):
-        run = reference_seed(prepared, out, seed, profile, say, doc)
-        if run is None:
-            break
-        runs.append(run)
-    doc["reference"] = runs
-    return runs
-
-
-def reference_seed(prepared: Path, out: Path, seed: int, profile, say, doc: dict[str, Any]) -> dict[str, Any] | None:
-    """One seed of the external peer in its own process; None (and an entry in doc["errors"]) when it failed."""
-    import json
-    import subprocess
-
-    epochs, kd_epochs = profile.reference_epochs
-    say(f"[reference] seed {seed}: bare ResNet-18 script {epochs} epochs, then prune 50 % + {kd_epochs} epochs KD")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
-                           str(seed), str(epochs), str(kd_epochs)], cwd=REPO, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
-    if proc.returncode != 0 or line is None:
-        doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
-        say(f"[reference] seed {seed}: failed")
-        return None
-    run = {**json.loads(line.split(" ", 1)[1]), "wall_s": round(time.perf_counter() - t0, 1)}
-    say(f"[reference] seed {seed}: done in {ch_fmt(run['wall_s'])}")
-    return run
-
-
-def run_seeds(real, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path, in_process: bool,
-              profile, say, doc: dict[str, Any]) -> dict[str, list[float]]:
-    """Seeds 1.. of the pipeline itself: train .. evaluate on the same prepared images (the test split stays the
-    same), so the headline rows get a mean and a spread. Returns {row name: [accuracy of seed 1, ...]}."""
-    out: dict[str, list[float]] = {}
-    doc["seeds"] = {"seeds": list(range(profile.seeds)), "chains": {}}
-    for seed in range(1, profile.seeds):
-        summary, accs = pipeline_seed(real.workdir, overrides, base_params, stages, work, in_process, seed, say)
-        doc["seeds"]["chains"][str(seed)] = summary
-        for name, acc in accs.items():
-            out.setdefault(name, []).append(acc)
-    doc["seeds"]["accuracy"] = out
-    return out
-
-
-def pipeline_seed(real_workdir: Path, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path,
-                  in_process: bool, seed: int, say) -> tuple[dict[str, Any], dict[str, float]]:
-    """train .. evaluate with `seed` on the realistic chain's prepared images (linked, not copied). Returns the
-    chain's cost summary and {row name: test accuracy} (the candidates in their runtime, PyTorch for the baseline)."""
-    from benchmarks import chain as ch
-    from benchmarks.compression import PYTORCH_ROW
-
-    c = ch.Chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, in_process, say)
-    c.setup(base_params)
-    (c.workdir / "data").mkdir(exist_ok=True)
-    link = c.workdir / "data" / "prepared"
-    if not link.exists():
-        os.symlink((real_workdir / "data" / "prepared").resolve(), link)
-    c.run(stages[stages.index("train"):stages.index("evaluate") + 1], ch.Estimator(c, {}))
-    accs = {name: round(row["accuracy"], 4) for name, row in ((c.metrics("evaluate") or {}).get("candidates")
-                                                                or {}).items() if row.get("accuracy") is not None}
-    train = c.metrics("train") or {}
-    if train.get("test_accuracy") is not None:
-        accs[PYTORCH_ROW] = round(train["test_accuracy"], 4)
-    return c.summary(), accs
-
-
-def cuts(args: argparse.Namespace, profile) -> list[str]:
-    """What this run leaves out of its mode, by the user's choice."""
-    from benchmarks.profiles import PROFILES
-
-    default = PROFILES[profile.name]
-    out = [f"{profile.seeds} training seed(s) instead of the mode's {default.seeds} (no spread)"
-           ] if profile.seeds < default.seeds else []
-    if args.skip_digits and default.digits_chain:
-        out.append("the default (digits) chain's cost run (--skip-digits)")
-    if args.skip_throughput:
-        out.append("train stage vs bare loop (--skip-throughput)")
-    if not args.search_result:
-        out.append("the search's pick: `python -m flows.search` runs for hours on 2 cores (each trial fine-tunes "
-                   "and distils), so the benchmark never runs it itself; benchmark its result with --search-result")
-    return out
-
-
-def budget(doc: dict[str, Any]) -> dict[str, Any]:
-    """The mode's wall-time goal against what took the time: each chain, the peer's seeds, the rest (latency
-    rounds, accuracy of every row), and the longest stages; `over_s` > 0 when the goal was missed."""
-    parts = {f"chain {k}": c.get("total_wall_s") or 0.0 for k, c in (doc.get("cost") or {}).items()}
-    parts["external peer"] = sum(r.get("wall_s") or 0.0 for r in doc.get("reference") or [])
-    parts.update({f"seed {k} (train .. evaluate)": c.get("total_wall_s") or 0.0
-                  for k, c in ((doc.get("seeds") or {}).get("chains") or {}).items()})
-    if doc.get("training_throughput"):
-        parts["training throughput"] = doc["training_throughput"].get("measured_in_s") or 0.0
-    total, goal = doc.get("duration_s") or 0.0, doc["settings"]["budget_s"]
-    parts["measuring the rows and the rest"] = max(0.0, total - sum(parts.values()))
-    stages = [(f"{label}: {name}", st.get("wall_s") or 0.0) for label, c in (doc.get("cost") or {}).items()
-              for name, st in (c.get("stages") or {}).items()]
-    return {"goal_s": goal, "took_s": total, "over_s": round(total - goal, 1), "met": total <= goal,
-            "parts_s": {k: round(v, 1) for k, v in parts.items() if v},
-            "longest_stages_s": {k: round(v, 1) for k, v in sorted(stages, key=lambda kv: -kv[1])[:3]}}
-
-
-def ch_fmt(seconds: float) -> str:
-    from benchmarks.chain import fmt_s
-
-    return fmt_s(seconds)
-
-
-def print_summary(doc: dict[str, Any], say) -> None:
-    comp = doc.get("compression") or {}
-    t = comp.get("targets") or {}
-    if t.get("candidate"):
-        say(f"targets for {t['candidate']} ({t['selected_by']}): {'ALL MET' if t['all_met'] else 'NOT ALL MET'}")
-        for it in t["items"]:
-            say(f"  {it['name']}: {it['value']} (need {it['op']} {it['limit']}) -> "
-                f"{ {True: 'met', False: 'NOT MET', None: 'not measured'}[it['met']]}")
-    for label, c in (doc.get("cost") or {}).items():
-        say(f"cost {label}: {c['total_wall_s']:.0f} s total, max peak RSS {c['max_peak_rss_mb']} MB")
-    say(f"total benchmark time {doc['duration_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -249,8 +249,7 @@ def build_rows(paths: Paths, params, side_dir: Path | None, *, warmup: int, runs
                      "precision": "fp32", "technique": what, "stages": ["reference"], "status": "ok", "reason": None,
                      "accuracy": accs[0], "size_bytes": size, "gzip_bytes": gz, "params": first["params"],
                      "nonzero_params": first["params"], "macs": first["macs"], "files": [first["onnx"]],
-                     "seeds": {"seeds": [r["seed"] for r in runs_by_seed], "accuracy": accs,
-                               "train_s": [r[key]["train_s"] for r in runs_by_seed]}})
+                     "seeds": _peer_seeds(runs_by_seed, key, accs)})
         timers.append(Timed(name, _runtime_timer(Path(first["onnx"]), "onnxruntime", device)))
 
     # order: references first, then the pipeline's candidates in export order
@@ -304,13 +303,25 @@ def peer_accuracy(runs: list[dict[str, Any]], key: str, paths: Paths, params) ->
     return out
 
 
-def _seed_stats(rows: list[dict[str, Any]], seed_accuracy: dict[str, list[float]] | None) -> None:
+def record_seed(lists: dict[str, list[float | None]], accs: dict[str, float]) -> None:
+    """Append one more seed's {row: accuracy} to the per-row lists (seeds 1..); a row without a figure in some
+    seed gets None there, so every list position stays one seed."""
+    n = max((len(v) for v in lists.values()), default=0)
+    for name in sorted(set(lists) | set(accs)):
+        lists.setdefault(name, [None] * n).append(accs.get(name))
+
+
+def _peer_seeds(runs: list[dict[str, Any]], key: str, accs: list[float]) -> dict[str, Any]:
+    return {"seeds": [r["seed"] for r in runs], "accuracy": accs, "train_s": [r[key]["train_s"] for r in runs]}
+
+
+def _seed_stats(rows: list[dict[str, Any]], seed_accuracy: dict[str, list[float | None]] | None) -> None:
     """Mean and spread over the seeds run: a peer row carries its own list, a pipeline row gets seed 0's
-    accuracy followed by `seed_accuracy[name]` (seeds 1..)."""
+    accuracy followed by `seed_accuracy[name]` (seeds 1..; None where that seed has no figure: left out)."""
     for r in rows:
         accs = (r.get("seeds") or {}).get("accuracy") if r.get("kind") == "peer" else (
-            [r["accuracy"], *seed_accuracy[r["name"]]] if seed_accuracy and r["name"] in seed_accuracy
-            and r.get("accuracy") is not None else None)
+            [a for a in (r["accuracy"], *seed_accuracy[r["name"]]) if a is not None] if seed_accuracy
+            and r["name"] in seed_accuracy and r.get("accuracy") is not None else None)
         if accs:
             r["seeds"] = {**(r.get("seeds") or {}), "accuracy": accs}
             r["accuracy_mean"] = round(float(np.mean(accs)), 4)
@@ -326,8 +337,7 @@ def add_seeds(table: dict[str, Any], paths: Paths, params, peers: list[dict[str,
     for r in rows:
         if r.get("kind") == "peer":
             key = "bare" if r["name"] == BARE_ROW else "pruned_kd"
-            r["seeds"] = {"seeds": [p["seed"] for p in peers], "accuracy": peer_accuracy(peers, key, paths, params),
-                          "train_s": [p[key]["train_s"] for p in peers]}
+            r["seeds"] = _peer_seeds(peers, key, peer_accuracy(peers, key, paths, params))
         else:
             for k in ("seeds", "accuracy_mean", "accuracy_std"):
                 r.pop(k, None)

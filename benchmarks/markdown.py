@@ -24,7 +24,7 @@ def _lat(row: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def compression_table(comp: dict[str, Any], search_pick: str | None = None) -> list[str]:
-    head = ("| row | runtime | prec. | acc % | acc % mean ± std (seeds) | drop pt | size KiB | gzip KiB | params | MMACs | p50 / p90 ms (1 thr) "
+    head = ("| row | runtime | prec. | acc % (seed 0) | acc % mean ± std (seeds) | drop pt (seed 0) | size KiB | gzip KiB | params | MMACs | p50 / p90 ms (1 thr) "
             "| p50 / p90 ms (all) | fps 1 thr | batch img/s | size x PT | speed x PT (1 thr) | size x OV | "
             "speed x OV (1 thr) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -124,6 +124,12 @@ def render(doc: dict[str, Any]) -> str:
         longest = ", ".join(f"{k} {v:,.0f} s" for k, v in (b.get("longest_stages_s") or {}).items())
         out.append(f"- time goal {'met' if b.get('met') else '**NOT MET**'}: {_n(b.get('took_s'), ',.0f')} s of "
                    f"{_n(b.get('goal_s'), ',.0f')} s; {parts}; longest stages: {longest}")
+    for add in doc.get("added_seeds") or []:
+        at = (add.get("git") or {}).get("short")
+        out.append(f"- seeds {', '.join(map(str, add.get('seeds') or [])) or 'none'} added by `--add-seeds` "
+                   f"(started {add.get('started')}, {_n(add.get('wall_s'), ',.0f')} s, git {at}): the peer and "
+                   "train .. evaluate per seed; sizes, MACs and latencies are seed 0's"
+                   + (f"; {add['note']}" if add.get("note") else ""))
     for cut in s.get("cut") or []:
         out.append(f"- left out of this run: {cut}")
     data = s.get("data") or {}

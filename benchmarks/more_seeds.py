@@ -7,21 +7,25 @@ what a multi-seed run does. After each seed the means, spreads and targets are r
 and .md rewritten, so stopping between seeds leaves a whole result. Seed 0's sizes, MACs and latencies stay as
 measured: other seeds only retrain.
 
-Seeds of another recipe are not seeds: it refuses (exit 2) when the params the new seeds would train with differ
-from the first run's, or when the training code changed since the commit that ran it.
+Seeds of another recipe are not seeds: it refuses (exit 2) when the new seeds would train with other params,
+other peer epochs, other numeric libraries, on another CPU model (torch's CPU results differ across models), or
+with training code changed since the commit that ran the first seed.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime as dt
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgeopt.errors import ParamsError
 
 # what decides a seed's numbers: a change here since the first run makes the new seeds incomparable
 TRAINING_CODE = ("edgeopt", "stages", "benchmarks/reference.py", "benchmarks/chain.py")
+NUMERIC_LIBRARIES = ("torch", "torchvision", "torch-pruning", "nncf", "openvino", "onnxruntime", "onnx", "numpy")
 
 
 class AddSeedsError(ParamsError):
@@ -29,17 +33,19 @@ class AddSeedsError(ParamsError):
 
 
 def plan(doc: dict[str, Any], want: int) -> list[int]:
-    """The seeds to add so that seeds 0..want-1 exist for both the peer and the pipeline."""
+    """The seeds (1..want-1) that lack the peer's run or the pipeline's chain."""
     ref = [r.get("seed") for r in doc.get("reference") or []]
     chains = (doc.get("seeds") or {}).get("chains") or {}
-    have = 1 + len(chains)
-    if ref != list(range(len(ref))) or sorted(chains, key=int) != [str(s) for s in range(1, have)]:
+    if not ref:
+        raise AddSeedsError("the run has no external peer (its seed 0 failed or was not run): there is nothing to "
+                            "compare new seeds with; rerun the benchmark")
+    if ref != list(range(len(ref))) or sorted(chains, key=int) != [str(s) for s in range(1, 1 + len(chains))]:
         raise AddSeedsError(f"the run's seeds are not 0..k-1 (peer {ref}, pipeline 0 + {sorted(chains)}); "
                             "rerun the benchmark with --seeds N instead")
     failed = [k for k, c in chains.items() if not c.get("ok")]
     if failed:
         raise AddSeedsError(f"pipeline seed(s) {', '.join(failed)} of this run failed; rerun the benchmark")
-    return [s for s in range(1, want) if s >= min(len(ref), have)]
+    return [s for s in range(1, want) if s >= len(ref) or str(s) not in chains]
 
 
 def check_run(out: Path, fmt: str) -> dict[str, Any]:
@@ -50,54 +56,78 @@ def check_run(out: Path, fmt: str) -> dict[str, Any]:
     try:
         doc = read_json(out / "benchmark.json", "benchmark result")
     except (OSError, JSONFileError, NotRegularFileError) as exc:
-        raise AddSeedsError(f"--add-seeds {out}: {exc}; pass the --out DIR of a finished benchmark run") from None
+        raise AddSeedsError(f"--add-seeds {out}: cannot read benchmark.json ({exc}); pass the --out DIR of a "
+                            "finished benchmark run") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise AddSeedsError(f"--add-seeds {out}: benchmark.json is not a {fmt} result")
+        raise AddSeedsError(f"--add-seeds {out}: benchmark.json is not an {fmt} result")
     if not ((doc.get("compression") or {}).get("rows")):
         raise AddSeedsError(f"--add-seeds {out}: the run has no compression table (did it finish?); rerun it")
     real = out / "work" / "realistic"
-    for need in (real / "params.yaml", real / "data" / "prepared" / "meta.json", real / "metrics" / "evaluate.json"):
-        if not need.is_file():
-            raise AddSeedsError(f"--add-seeds {out}: {need} is missing: the run's work directory is needed "
-                                "(its prepared images, params and candidates); rerun the benchmark")
+    need = [real / "params.yaml", real / "data" / "prepared" / "meta.json", real / "metrics" / "evaluate.json"]
+    # every seed's peer model is measured again when the table is rebuilt: missing ones must show now, not
+    # after the next seed's hour of training
+    need += [Path(r[k]["onnx"]) for r in doc.get("reference") or [] for k in ("bare", "pruned_kd") if k in r]
+    for path in need:
+        if not path.is_file():
+            raise AddSeedsError(f"--add-seeds {out}: {path} is missing: the run's work directory is needed "
+                                "where the run wrote it (prepared images, params, models); rerun the benchmark")
     return doc
 
 
-def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path) -> str | None:
+def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
+                 peer_epochs: tuple[int, int] | None = None) -> str | None:
     """AddSeedsError when the new seeds would not repeat the first run's recipe; a note when the code could
-    not be compared (no git)."""
-    from edgeopt.params import load_params
+    not be compared (no git, or a dirty tree then)."""
+    from benchmarks.environment import hardware, library_versions
+    from edgeopt.params import flatten, load_params
 
-    overrides = dict(((doc.get("settings") or {}).get("overrides") or {}).get("realistic") or {})
-    now, then = load_params(base_params, overrides).dump(), load_params(real / "params.yaml").dump()
-    diff = sorted(_flat(now).items() ^ _flat(then).items())
-    if diff:
-        keys = sorted({k for k, _ in diff})
+    overrides = dict(doc["settings"]["overrides"]["realistic"])
+    now, then = flatten(load_params(base_params, overrides).dump()), flatten(load_params(real / "params.yaml").dump())
+    keys = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    if keys:
         raise AddSeedsError(f"the params differ from the first run's ({', '.join(keys[:8])}): its seeds would "
                             f"train another recipe; rerun the benchmark, or restore {base_params}")
-    commit = ((doc.get("environment") or {}).get("git") or {}).get("commit")
+    recipe = (doc["reference"][0].get("recipe") or {})
+    if peer_epochs and (recipe.get("epochs"), recipe.get("kd_epochs")) != tuple(peer_epochs):
+        raise AddSeedsError(f"the peer's epochs differ from the first run's ({tuple(peer_epochs)} now, "
+                            f"{(recipe.get('epochs'), recipe.get('kd_epochs'))} then); rerun the benchmark")
+    env = doc.get("environment") or {}
+    libs, was = library_versions(), env.get("libraries") or {}
+    moved = [f"{n} {was.get(n)} -> {libs.get(n)}" for n in NUMERIC_LIBRARIES if was.get(n) != libs.get(n)]
+    if moved:
+        raise AddSeedsError(f"library versions changed since the first run ({'; '.join(moved)}): its seeds would "
+                            "train on other numerics; reinstall those versions or rerun the benchmark")
+    cpu, cpu_then = hardware().get("cpu"), (env.get("hardware") or {}).get("cpu")
+    if cpu != cpu_then:
+        raise AddSeedsError(f"another CPU model ({cpu!r}, the first run: {cpu_then!r}): torch's CPU results differ "
+                            "across CPU models; add seeds on the machine that ran the first one")
+    git = env.get("git") or {}
+    commit = git.get("commit")
     if not commit:
         return "the first run recorded no git commit: the training code could not be compared"
+    if git.get("dirty"):
+        return f"the first run had uncommitted changes on git {commit[:10]}: the training code could not be compared"
     proc = subprocess.run(["git", "diff", "--stat", commit, "--", *TRAINING_CODE], cwd=repo,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return f"git could not compare the training code with {commit[:10]}: {proc.stderr.strip()[:200]}"
-    if proc.stdout.strip():
+    new = "" if git.get("untracked_files") else subprocess.run(  # untracked then: they may have been there
+        ["git", "ls-files", "--others", "--exclude-standard", "--", *TRAINING_CODE], cwd=repo,
+        capture_output=True, text=True).stdout.strip()
+    if proc.stdout.strip() or new:
         raise AddSeedsError(f"the training code changed since the first run (git {commit[:10]}):\n"
-                            f"{proc.stdout.rstrip()}\ncheck out {commit[:10]} to add seeds, or rerun the benchmark")
+                            f"{proc.stdout.rstrip()}" + (f"\nnew files: {' '.join(new.split())}" if new else "")
+                            + f"\ncheck out {commit[:10]} to add seeds, or rerun the benchmark")
     return None
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(d, dict):
-        return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): repr(d)}
-
-
-def run(out: Path, want: int | None, say, *, repo: Path, fmt: str) -> int:
-    """Add seeds to the finished run in `out`; the exit code (0 done, 1 a seed failed, 2 a bad request)."""
-    from benchmarks import __main__ as bm
+def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
+        parse_argv: Callable[[list[str]], argparse.Namespace]) -> int:
+    """Add seeds to the finished run in `out`; the exit code (0 done, 1 a seed failed, 2 a bad request).
+    `parse_argv`: the benchmark's own parser, to read how the first run was called."""
     from benchmarks import chain as ch
+    from benchmarks import seed_runs
+    from benchmarks import summary as sm
     from benchmarks import compression, environment, markdown
     from benchmarks.profiles import PROFILES
     from edgeopt.io import write_json
@@ -106,61 +136,80 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str) -> int:
 
     t0 = time.perf_counter()
     doc = check_run(out, fmt)
-    first = bm.build_parser().parse_args(doc.get("argv") or [])
+    first = parse_argv(doc.get("argv") or [])
     profile = PROFILES.get(doc.get("mode"))
     if profile is None:
         raise AddSeedsError(f"--add-seeds {out}: unknown mode {doc.get('mode')!r}")
     want = want or profile.seeds
     todo = plan(doc, want)
-    if not todo:
-        say(f"--add-seeds: {out} already has {want} seed(s); nothing to do")
+    stale = bool((doc.get("seeds") or {}).get("table_stale"))
+    if not todo and not stale:
+        say(f"--add-seeds: {out} has seeds 0..{want - 1} already; nothing to do")
         return 0
     real = out / "work" / "realistic"
-    base_params = Path(first.params).resolve() if first.params else repo / "params.yaml"
-    note = check_recipe(doc, real, base_params, repo)
-    import dataclasses
-
+    base_params = Path(first.params)
+    note = check_recipe(doc, real, base_params, repo, profile.reference_epochs)
     profile = dataclasses.replace(profile, seeds=want)
     paths, params = Paths(real), load_params(real / "params.yaml")
     overrides = doc["settings"]["overrides"]["realistic"]
-    doc.setdefault("seeds", {"seeds": [0], "chains": {}, "accuracy": {}})
-    doc.setdefault("reference", [])
+    seeds = doc.setdefault("seeds", {"seeds": [0], "chains": {}, "accuracy": {}})
+    seeds.setdefault("accuracy", {})
     added = {"seeds": [], "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
              "git": environment.git_state(repo), "note": note, "wall_s": 0.0}
     doc.setdefault("added_seeds", []).append(added)
     before = doc.get("duration_s") or 0.0
-    say(f"--add-seeds: {out}: seeds {todo} (peer, then train .. evaluate); about 70 min a seed on 2 cores")
+    per_seed = "; about 70 min a seed on 2 cores" if profile.name == "full" else ""
+    say(f"--add-seeds: {out}: seeds {todo} (peer, then train .. evaluate){per_seed}")
 
     def save() -> None:
         added["wall_s"] = round(time.perf_counter() - t0, 1)
         doc["duration_s"] = round(before + added["wall_s"], 1)
-        doc["seeds"]["seeds"] = sorted({0, *(int(k) for k in doc["seeds"]["chains"])})
-        doc["settings"]["cut"] = bm.cuts(first, dataclasses.replace(profile, seeds=len(doc["seeds"]["seeds"])))
-        doc["budget"] = bm.budget(doc)
+        seeds["seeds"] = sorted({0, *(int(k) for k in seeds["chains"])})
+        doc["settings"]["cut"] = sm.cuts(first, dataclasses.replace(profile, seeds=len(seeds["seeds"])))
+        doc["budget"] = sm.budget(doc)
         write_json(out / "benchmark.json", doc)
         (out / "benchmark.md").write_text(markdown.render(doc))
 
+    def failed(what: str) -> int:
+        doc["errors"].append(f"--add-seeds: {what}")
+        save()
+        return 1
+
+    def rebuild(seed: int | None) -> int | None:
+        try:
+            compression.add_seeds(doc["compression"], paths, params, doc["reference"], seeds["accuracy"])
+        except Exception as exc:
+            seeds["table_stale"] = True
+            return failed(f"the table could not be rebuilt with seed {seed}: {type(exc).__name__}: {exc}; "
+                          "rerun --add-seeds once fixed (the seeds run are kept, not trained again)")
+        seeds.pop("table_stale", None)
+        doc["errors"] = [e for e in doc["errors"] if not e.startswith("--add-seeds: the table could not")]
+        save()
+        return None
+
+    if not todo:  # only the table is behind its seeds
+        return rebuild(None) or 0
     for seed in todo:
         if seed >= len(doc["reference"]):
-            peer = bm.reference_seed(real / "data" / "prepared", out / "work" / "reference", seed, profile, say, doc)
+            peer = seed_runs.reference_seed(real / "data" / "prepared", out / "work" / "reference", seed, profile, say, doc)
             if peer is None:
-                save()
-                return 1
+                return failed(f"peer seed {seed} failed (above); rerun --add-seeds to retry it")
             doc["reference"].append(peer)
-        if str(seed) in doc["seeds"]["chains"]:
-            continue
-        summary, accs = bm.pipeline_seed(real, overrides, base_params, ch.pipeline_stages(), out / "work",
-                                         doc["settings"]["execution"] != "subprocess per stage", seed, say)
-        if not summary.get("ok") or not accs:
-            doc["errors"].append(f"--add-seeds: pipeline seed {seed} failed; see {out}/work/seed{seed}/logs")
-            save()
-            return 1
-        doc["seeds"]["chains"][str(seed)] = summary
-        for name, acc in accs.items():
-            doc["seeds"]["accuracy"].setdefault(name, []).append(acc)
+        if str(seed) not in seeds["chains"]:
+            summary, accs = seed_runs.pipeline_seed(real, overrides, base_params, ch.pipeline_stages(), out / "work",
+                                             doc["settings"]["execution"] != "subprocess per stage", seed, say)
+            if not summary.get("ok") or not accs:
+                return failed(f"pipeline seed {seed} failed; see {out}/work/seed{seed}/logs; rerun --add-seeds to "
+                              "retry it")
+            seeds["chains"][str(seed)] = summary
+            compression.record_seed(seeds["accuracy"], accs)
         added["seeds"].append(seed)
-        compression.add_seeds(doc["compression"], paths, params, doc["reference"], doc["seeds"]["accuracy"])
-        save()
+        doc["errors"] = [e for e in doc["errors"] if not e.startswith((f"--add-seeds: peer seed {seed} ",
+                                                                       f"--add-seeds: pipeline seed {seed} "))]
+        seeds["table_stale"] = True
+        save()  # the seed's runs are kept even if the table cannot be rebuilt below
+        if rebuild(seed) is not None:
+            return 1
         say(f"--add-seeds: seed {seed} added; {out}/benchmark.md updated")
-    bm.print_summary(doc, say)
+    sm.print_summary(doc, say)
     return 0

@@ -94,6 +94,21 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     assert ("NOT MET" in md) or ("ALL MET" in md)
     assert "search `s1`, trial 3" in md and "student_ov_int8 (the search's pick)" in md
 
+    # a third seed added to the finished run: both spreads grow, seed 0's measurements stay
+    p50 = rows[comp["selected"]]["latency"]["1_thread"]["p50_ms"]
+    assert main(["--add-seeds", str(out), "--seeds", "3"]) == 0
+    doc = json.loads((out / "benchmark.json").read_text())
+    after = {r["name"]: r for r in doc["compression"]["rows"]}
+    assert len(after["baseline_fp32_ort"]["seeds"]["accuracy"]) == 3 == len(doc["reference"])
+    assert after["peer_bare_pruned_kd"]["seeds"]["accuracy"][:2] == peer["seeds"]["accuracy"]
+    assert after[comp["selected"]]["latency"]["1_thread"]["p50_ms"] == p50
+    assert doc["added_seeds"][0]["seeds"] == [2] and doc["seeds"]["chains"]["2"]["ok"]
+    assert doc["budget"]["parts_s"]["seed 2 (train .. evaluate)"] > 0
+    assert "seeds 2 added by `--add-seeds`" in (out / "benchmark.md").read_text()
+    written = (out / "benchmark.json").read_bytes()
+    assert main(["--add-seeds", str(out), "--seeds", "3"]) == 0
+    assert (out / "benchmark.json").read_bytes() == written  # nothing left to add: nothing rewritten
+
 
 def _search_result(tmp_path: Path, overrides: list[str], pick: str = "student_ov_int8") -> Path:
     """A search.json as `python -m flows.search` writes it (the fields the benchmark reads)."""
@@ -139,7 +154,7 @@ def test_budget_names_what_took_the_time_and_what_was_left_out():
     import argparse
     import dataclasses
 
-    from benchmarks.__main__ import budget, cuts
+    from benchmarks.summary import budget, cuts
     from benchmarks.profiles import FULL
 
     doc = {"duration_s": 3000.0, "settings": {"budget_s": 2400.0},
@@ -243,3 +258,223 @@ def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
     assert previous_timings(tmp_path, "full", "realistic", overrides=same) == {"distill": 360.0}
     assert previous_timings(tmp_path, "full", "realistic", overrides={**same, "distill.epochs": 30}) == {}
     assert previous_timings(tmp_path, "full", "realistic") == {"distill": 48.0}  # no filter: the newest run
+
+
+def _seeded_doc(ref_seeds, chains):
+    return {"reference": [{"seed": s} for s in ref_seeds],
+            "seeds": {"chains": {str(k): {"ok": ok} for k, ok in chains.items()}}}
+
+
+def test_add_seeds_plans_only_the_missing_seeds():
+    from benchmarks.more_seeds import AddSeedsError, plan
+
+    assert plan(_seeded_doc([0], {}), 3) == [1, 2]
+    assert plan(_seeded_doc([0, 1], {1: True}), 3) == [2]
+    assert plan(_seeded_doc([0, 1], {}), 3) == [1, 2]  # peer seed 1 done, the pipeline's not: redo from 1
+    assert plan(_seeded_doc([0, 1, 2], {1: True, 2: True}), 3) == []
+    assert plan(_seeded_doc([0], {}), 1) == []
+    with pytest.raises(AddSeedsError, match="not 0..k-1"):
+        plan(_seeded_doc([0, 2], {}), 3)
+    with pytest.raises(AddSeedsError, match="not 0..k-1"):
+        plan(_seeded_doc([0], {2: True}), 3)
+    with pytest.raises(AddSeedsError, match="seed.* 1 of this run failed"):
+        plan(_seeded_doc([0, 1], {1: False}), 3)
+    with pytest.raises(AddSeedsError, match="no external peer"):
+        plan(_seeded_doc([], {}), 3)
+    assert plan(_seeded_doc([0], {1: True, 2: True}), 3) == [1, 2]  # the peer's seeds 1, 2 missing
+
+
+def test_add_seeds_refuses_a_dir_it_cannot_extend(tmp_path, capsys):
+    assert main(["--add-seeds", str(tmp_path / "none")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["--add-seeds", str(tmp_path), "--set", "prune.ratio=0.5"]) == 2
+    assert "takes only --seeds" in capsys.readouterr().err
+    assert main(["--add-seeds", str(tmp_path)]) == 2
+    assert "cannot read benchmark.json" in capsys.readouterr().err
+    (tmp_path / "benchmark.json").write_text('{"format": "something else"}')
+    assert main(["--add-seeds", str(tmp_path)]) == 2
+    assert "not an edgeopt-benchmark/1 result" in capsys.readouterr().err
+    (tmp_path / "benchmark.json").write_text(json.dumps({"format": "edgeopt-benchmark/1", "mode": "full",
+                                                         "compression": {"rows": [{"name": "x"}]}}))
+    assert main(["--add-seeds", str(tmp_path), "--seeds", "2"]) == 2
+    assert "params.yaml is missing" in capsys.readouterr().err
+    (tmp_path / "benchmark.json").write_text("{not json")
+    assert main(["--add-seeds", str(tmp_path)]) == 2
+    assert "cannot read benchmark.json" in capsys.readouterr().err
+    assert (tmp_path / "benchmark.json").read_text() == "{not json"  # nothing written over
+
+
+def test_add_seeds_refuses_another_recipe(tmp_path):
+    import subprocess
+
+    from benchmarks.chain import Chain
+    from benchmarks.more_seeds import AddSeedsError, check_recipe
+
+    over = {"train.epochs": 3, "prune.ratio": 0.5}
+    real = tmp_path / "run" / "work" / "realistic"
+    Chain("realistic", real, over).setup(REPO / "params.yaml")
+    repo = tmp_path / "repo"
+    (repo / "edgeopt").mkdir(parents=True)
+    (repo / "edgeopt" / "training.py").write_text("EPOCHS = 1\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "first run"], check=True)
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    from benchmarks.environment import hardware, library_versions
+
+    doc = {"settings": {"overrides": {"realistic": over}}, "reference": [{"recipe": {"epochs": 15, "kd_epochs": 5}}],
+           "environment": {"git": {"commit": commit.strip()}, "libraries": library_versions(),
+                           "hardware": {"cpu": hardware()["cpu"]}}}
+    assert check_recipe(doc, real, REPO / "params.yaml", repo, (15, 5)) is None  # same params, code, machine
+    with pytest.raises(AddSeedsError, match=r"peer's epochs differ.*\(10, 5\) now"):
+        check_recipe(doc, real, REPO / "params.yaml", repo, (10, 5))
+    old_torch = {**doc, "environment": {**doc["environment"], "libraries": {**library_versions(), "torch": "1.0"}}}
+    with pytest.raises(AddSeedsError, match="library versions changed.*torch 1.0 ->"):
+        check_recipe(old_torch, real, REPO / "params.yaml", repo)
+    other_cpu = {**doc, "environment": {**doc["environment"], "hardware": {"cpu": "another CPU"}}}
+    with pytest.raises(AddSeedsError, match="another CPU model"):
+        check_recipe(other_cpu, real, REPO / "params.yaml", repo)
+    # the params the new seeds would get differ from the first run's
+    changed = tmp_path / "params.yaml"
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["train"]["label_smoothing"] = 0.0
+    changed.write_text(yaml.safe_dump(base))
+    with pytest.raises(AddSeedsError, match="params differ.*train.label_smoothing"):
+        check_recipe(doc, real, changed, repo)
+    # the training code changed since the commit that ran the first seed
+    (repo / "edgeopt" / "training.py").write_text("EPOCHS = 2\n")
+    with pytest.raises(AddSeedsError, match="(?s)training code changed.*edgeopt/training.py"):
+        check_recipe(doc, real, REPO / "params.yaml", repo)
+    (repo / "edgeopt" / "training.py").write_text("EPOCHS = 1\n")
+    (repo / "stages").mkdir()
+    (repo / "stages" / "train.py").write_text("")  # a new, uncommitted file counts too
+    with pytest.raises(AddSeedsError, match="(?s)training code changed.*new files: stages/train.py"):
+        check_recipe(doc, real, REPO / "params.yaml", repo)
+    no_git = {**doc, "environment": {**doc["environment"], "git": {}}}
+    assert "no git commit" in check_recipe(no_git, real, REPO / "params.yaml", repo)
+    dirty = {**doc, "environment": {**doc["environment"], "git": {"commit": commit.strip(), "dirty": True}}}
+    assert "uncommitted changes" in check_recipe(dirty, real, REPO / "params.yaml", repo)
+
+
+def test_add_seeds_moves_means_spreads_and_targets(tmp_path, monkeypatch):
+    from edgeopt.paths import Paths
+
+    rows = [_row("baseline_fp32_pytorch", "reference", "pytorch", 90.0, 4000, 10.0),
+            _row("baseline_fp32_ort", "baseline", "onnxruntime", 90.0, 4000, 3.0),
+            _row("baseline_ov_int8", "baseline", "openvino", 89.9, 1000, 1.0),
+            _row("peer_bare_script", "peer", "onnxruntime", 89.5, 4000, 3.0),
+            _row("peer_bare_pruned_kd", "peer", "onnxruntime", 89.0, 1000, 1.0, macs=25),
+            _row("small_ov_int8", "candidate", "openvino", 90.0, 100, 0.25, macs=10)]
+    refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": None, "onnx_fp32": "baseline_fp32_ort",
+            "baseline_ov_int8": "baseline_ov_int8"}
+    table = {"rows": rows, "references": refs, "selected": "small_ov_int8", "selected_by": "gate"}
+    measured = {"bare": [89.5, 88.5, 89.0], "pruned_kd": [89.0, 90.5, 90.0]}  # seed 0 as in the table
+    monkeypatch.setattr(compression, "peer_accuracy", lambda runs, key, paths, params: measured[key][:len(runs)])
+    peers = [{"seed": s, "bare": {"train_s": 10.0}, "pruned_kd": {"train_s": 2.0}} for s in range(3)]
+    compression.add_seeds(table, Paths(tmp_path), None, peers,
+                          {"baseline_fp32_ort": [91.0, 92.0], "small_ov_int8": [88.0, 89.0]})
+    by = {r["name"]: r for r in rows}
+    assert by["small_ov_int8"]["seeds"]["accuracy"] == [90.0, 88.0, 89.0]
+    assert by["small_ov_int8"]["accuracy_mean"] == 89.0 and by["small_ov_int8"]["accuracy_std"] == 1.0
+    assert by["baseline_fp32_ort"]["accuracy_mean"] == 91.0
+    assert by["peer_bare_pruned_kd"]["seeds"] == {"seeds": [0, 1, 2], "accuracy": [89.0, 90.5, 90.0],
+                                                  "train_s": [2.0, 2.0, 2.0]}
+    assert "seeds" not in by["baseline_ov_int8"] and by["small_ov_int8"]["accuracy"] == 90.0  # seed 0 kept
+    items = {it["name"].split(" (")[0]: it for it in table["targets"]["items"]}
+    # on seed 0 alone the drop was 0 and the lead over the peer 1 pt; on the means both targets fail
+    assert items["accuracy drop vs the baseline"]["value"] == 2.0
+    assert items["accuracy drop vs the baseline"]["met"] is False
+    assert items["more accurate than the bare script + prune + KD at equal or fewer MACs"]["value"] == -0.8333
+    assert "3 seed(s), std 1.0" in items["accuracy drop vs the baseline"]["detail"]
+
+
+def _finished_run(tmp_path: Path) -> Path:
+    """A finished one-seed run as the benchmark leaves it (the files --add-seeds reads), with synthetic rows."""
+    from benchmarks.__main__ import FORMAT
+    from benchmarks.chain import Chain
+
+    out, over = tmp_path / "run", {"train.epochs": 3}
+    real = out / "work" / "realistic"
+    Chain("realistic", real, over).setup(REPO / "params.yaml")
+    for f in (real / "data" / "prepared" / "meta.json", real / "metrics" / "evaluate.json",
+              out / "work" / "reference" / "seed0" / "bare.onnx", out / "work" / "reference" / "seed0" / "kd.onnx"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("{}")
+    rows = [_row("baseline_fp32_pytorch", "reference", "pytorch", 90.0, 4000, 10.0),
+            _row("baseline_fp32_ort", "baseline", "onnxruntime", 90.0, 4000, 3.0),
+            _row("baseline_ov_int8", "baseline", "openvino", 89.9, 1000, 1.0),
+            _row("peer_bare_script", "peer", "onnxruntime", 89.5, 4000, 3.0),
+            _row("peer_bare_pruned_kd", "peer", "onnxruntime", 89.0, 1000, 1.0, macs=25),
+            _row("small_ov_int8", "candidate", "openvino", 90.0, 100, 0.25, macs=10)]
+    refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": None, "onnx_fp32": "baseline_fp32_ort",
+            "baseline_ov_int8": "baseline_ov_int8"}
+    peer0 = {"seed": 0, "recipe": {"epochs": 15, "kd_epochs": 5}, "wall_s": 50.0,
+             "bare": {"onnx": str(out / "work/reference/seed0/bare.onnx"), "train_s": 40.0, "macs": 4000},
+             "pruned_kd": {"onnx": str(out / "work/reference/seed0/kd.onnx"), "train_s": 10.0, "macs": 1000}}
+    doc = {"format": FORMAT, "mode": "full", "argv": ["--seeds", "1"], "duration_s": 100.0, "errors": [],
+           "settings": {"overrides": {"realistic": over}, "execution": "subprocess per stage", "budget_s": 2400.0,
+                        "notes": []},
+           "compression": {"rows": rows, "references": refs, "selected": "small_ov_int8", "selected_by": "gate"},
+           "reference": [peer0], "seeds": {"seeds": [0], "chains": {}, "accuracy": {}}, "cost": {},
+           "environment": {}}
+    (out / "benchmark.json").write_text(json.dumps(doc))
+    return out
+
+
+def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, monkeypatch):
+    from benchmarks import more_seeds, seed_runs
+
+    out = _finished_run(tmp_path)
+    calls = []
+    monkeypatch.setattr(more_seeds, "check_recipe", lambda *a, **k: None)
+    monkeypatch.setattr(compression, "peer_accuracy", lambda runs, key, paths, params: [89.0 + r["seed"] for r in runs])
+
+    def peer(prepared, where, seed, profile, say, doc):
+        calls.append(("peer", seed))
+        (where / f"seed{seed}").mkdir(parents=True)
+        (where / f"seed{seed}" / "model.onnx").write_text("{}")
+        onnx = str(where / f"seed{seed}" / "model.onnx")
+        return {"seed": seed, "wall_s": 5.0, "bare": {"onnx": onnx, "train_s": 4.0, "macs": 4000},
+                "pruned_kd": {"onnx": onnx, "train_s": 1.0, "macs": 1000}}
+
+    def chain(real, overrides, base, stages, work, in_process, seed, say):
+        calls.append(("chain", seed))
+        if seed == 2 and broken["chain"]:
+            return {"ok": False}, {}
+        return {"ok": True, "total_wall_s": 7.0}, {"baseline_fp32_ort": 90.0 + seed, "small_ov_int8": 90.0 - seed}
+
+    broken = {"chain": True}
+    monkeypatch.setattr(seed_runs, "reference_seed", peer)
+    monkeypatch.setattr(seed_runs, "pipeline_seed", chain)
+    read = lambda: json.loads((out / "benchmark.json").read_text())  # noqa: E731
+    # seed 2's chain fails: seed 1 is in the table, seed 2's peer run is kept, the error says what to do
+    assert main(["--add-seeds", str(out), "--seeds", "3"]) == 1
+    doc = read()
+    assert calls == [("peer", 1), ("chain", 1), ("peer", 2), ("chain", 2)]
+    assert [r["seed"] for r in doc["reference"]] == [0, 1, 2] and list(doc["seeds"]["chains"]) == ["1"]
+    assert any("pipeline seed 2 failed" in e and "rerun --add-seeds" in e for e in doc["errors"])
+    assert {r["name"]: r for r in doc["compression"]["rows"]}["small_ov_int8"]["seeds"]["accuracy"] == [90.0, 89.0]
+    # the retry runs only seed 2's chain, and its error goes
+    broken["chain"], calls[:] = False, []
+    assert main(["--add-seeds", str(out), "--seeds", "3"]) == 0
+    doc = read()
+    assert calls == [("chain", 2)] and doc["errors"] == [] and doc["seeds"]["seeds"] == [0, 1, 2]
+    rows = {r["name"]: r for r in doc["compression"]["rows"]}
+    assert rows["small_ov_int8"]["seeds"]["accuracy"] == [90.0, 89.0, 88.0]
+    assert rows["peer_bare_pruned_kd"]["seeds"]["accuracy"] == [89.0, 90.0, 91.0]
+    assert doc["budget"]["parts_s"]["external peer"] == 60.0 and doc["duration_s"] > 100.0
+    assert [a["seeds"] for a in doc["added_seeds"]] == [[1], [2]]
+    # a table that cannot be rebuilt keeps the seed's runs; the next call rebuilds it without training
+    calls[:] = []
+    monkeypatch.setattr(compression, "peer_accuracy", lambda *a: 1 / 0)
+    assert main(["--add-seeds", str(out), "--seeds", "4"]) == 1
+    doc = read()
+    assert calls == [("peer", 3), ("chain", 3)] and doc["seeds"]["table_stale"] and "3" in doc["seeds"]["chains"]
+    assert any("could not be rebuilt" in e for e in doc["errors"])
+    monkeypatch.setattr(compression, "peer_accuracy", lambda runs, key, paths, params: [89.0] * len(runs))
+    calls[:] = []
+    assert main(["--add-seeds", str(out), "--seeds", "4"]) == 0
+    doc = read()
+    assert calls == [] and "table_stale" not in doc["seeds"] and doc["errors"] == []
+    assert len({r["name"]: r for r in doc["compression"]["rows"]}["small_ov_int8"]["seeds"]["accuracy"]) == 4

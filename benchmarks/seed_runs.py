@@ -1,0 +1,83 @@
+"""Training seeds of the headline rows: the external peer (benchmarks/reference.py) and the pipeline's train ..
+evaluate, one seed at a time, on the realistic chain's prepared images (the test split stays the same)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.chain import fmt_s
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_reference(prepared: Path, out: Path, profile, say, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bare script + its pruned/KD model, one process per seed (alone on the machine: never beside a stage)."""
+    runs = []
+    for seed in range(profile.seeds):
+        run = reference_seed(prepared, out, seed, profile, say, doc)
+        if run is None:
+            break
+        runs.append(run)
+    doc["reference"] = runs
+    return runs
+
+
+def reference_seed(prepared: Path, out: Path, seed: int, profile, say, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """One seed of the external peer in its own process; None (and an entry in doc["errors"]) when it failed."""
+    import json
+    import subprocess
+
+    epochs, kd_epochs = profile.reference_epochs
+    say(f"[reference] seed {seed}: bare ResNet-18 script {epochs} epochs, then prune 50 % + {kd_epochs} epochs KD")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
+                           str(seed), str(epochs), str(kd_epochs)], cwd=REPO, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
+    if proc.returncode != 0 or line is None:
+        doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        say(f"[reference] seed {seed}: failed")
+        return None
+    run = {**json.loads(line.split(" ", 1)[1]), "wall_s": round(time.perf_counter() - t0, 1)}
+    say(f"[reference] seed {seed}: done in {fmt_s(run['wall_s'])}")
+    return run
+
+
+def run_seeds(real, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path, in_process: bool,
+              profile, say, doc: dict[str, Any]) -> dict[str, list[float]]:
+    """Seeds 1.. of the pipeline itself: train .. evaluate on the same prepared images (the test split stays the
+    same), so the headline rows get a mean and a spread. Returns {row name: [accuracy of seed 1, ...]}."""
+    from benchmarks.compression import record_seed
+
+    out: dict[str, list[float | None]] = {}
+    doc["seeds"] = {"seeds": list(range(profile.seeds)), "chains": {}}
+    for seed in range(1, profile.seeds):
+        summary, accs = pipeline_seed(real.workdir, overrides, base_params, stages, work, in_process, seed, say)
+        doc["seeds"]["chains"][str(seed)] = summary
+        record_seed(out, accs)
+    doc["seeds"]["accuracy"] = out
+    return out
+
+
+def pipeline_seed(real_workdir: Path, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path,
+                  in_process: bool, seed: int, say) -> tuple[dict[str, Any], dict[str, float]]:
+    """train .. evaluate with `seed` on the realistic chain's prepared images (linked, not copied). Returns the
+    chain's cost summary and {row name: test accuracy} (the candidates in their runtime, PyTorch for the baseline)."""
+    from benchmarks import chain as ch
+    from benchmarks.compression import PYTORCH_ROW
+
+    c = ch.Chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, in_process, say)
+    c.setup(base_params)
+    (c.workdir / "data").mkdir(exist_ok=True)
+    link = c.workdir / "data" / "prepared"
+    if not link.exists():
+        os.symlink((real_workdir / "data" / "prepared").resolve(), link)
+    c.run(stages[stages.index("train"):stages.index("evaluate") + 1], ch.Estimator(c, {}))
+    accs = {name: round(row["accuracy"], 4) for name, row in ((c.metrics("evaluate") or {}).get("candidates")
+                                                                or {}).items() if row.get("accuracy") is not None}
+    train = c.metrics("train") or {}
+    if train.get("test_accuracy") is not None:
+        accs[PYTORCH_ROW] = round(train["test_accuracy"], 4)
+    return c.summary(), accs
