@@ -298,7 +298,8 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
             say("[compression] measuring every row (accuracy, size, latency)")
             doc["compression"] = compression.build_rows(
                 paths, params, side_dir, warmup=profile.warmup, runs=profile.runs, rounds=profile.rounds,
-                batch=profile.batch, batch_runs=profile.batch_runs, say=say, peers=peers, seed_accuracy=seed_acc)
+                batch=profile.batch, batch_runs=profile.batch_runs, say=say, peers=peers, seed_accuracy=seed_acc,
+                seed_dirs=[Path(c["workdir"]) for c in ((doc.get("seeds") or {}).get("chains") or {}).values()])
         except Exception as exc:
             doc["errors"].append(f"compression rows: {type(exc).__name__}: {exc}")
             traceback.print_exc()

@@ -177,11 +177,12 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
 
     def rebuild(seed: int | None) -> int | None:
         try:
-            compression.add_seeds(doc["compression"], paths, params, doc["reference"], seeds["accuracy"])
+            dirs = [Path(seeds["chains"][k]["workdir"]) for k in sorted(seeds["chains"], key=int)]
+            compression.add_seeds(doc["compression"], paths, params, doc["reference"], seeds["accuracy"], dirs)
         except Exception as exc:
             seeds["table_stale"] = True
             return failed(f"the table could not be rebuilt with seed {seed}: {type(exc).__name__}: {exc}; "
-                          "rerun --add-seeds once fixed (the seeds run are kept, not trained again)")
+                          "rerun --add-seeds once fixed (the seeds already run are kept, not trained again)")
         seeds.pop("table_stale", None)
         doc["errors"] = [e for e in doc["errors"] if not e.startswith("--add-seeds: the table could not")]
         save()
@@ -191,21 +192,23 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
         return rebuild(None) or 0
     for seed in todo:
         if seed >= len(doc["reference"]):
-            peer = seed_runs.reference_seed(real / "data" / "prepared", out / "work" / "reference", seed, profile, say, doc)
+            peer = seed_runs.reference_seed(real / "data" / "prepared", out / "work" / "reference", seed, profile,
+                                            say, doc)
             if peer is None:
                 return failed(f"peer seed {seed} failed (above); rerun --add-seeds to retry it")
             doc["reference"].append(peer)
         if str(seed) not in seeds["chains"]:
-            summary, accs = seed_runs.pipeline_seed(real, overrides, base_params, ch.pipeline_stages(), out / "work",
-                                             doc["settings"]["execution"] != "subprocess per stage", seed, say)
+            in_process = doc["settings"]["execution"] != "subprocess per stage"
+            summary, accs = seed_runs.pipeline_seed(real, overrides, base_params, ch.pipeline_stages(),
+                                                    out / "work", in_process, seed, say)
             if not summary.get("ok") or not accs:
                 return failed(f"pipeline seed {seed} failed; see {out}/work/seed{seed}/logs; rerun --add-seeds to "
                               "retry it")
             seeds["chains"][str(seed)] = summary
             compression.record_seed(seeds["accuracy"], accs)
         added["seeds"].append(seed)
-        doc["errors"] = [e for e in doc["errors"] if not e.startswith((f"--add-seeds: peer seed {seed} ",
-                                                                       f"--add-seeds: pipeline seed {seed} "))]
+        doc["errors"] = [e for e in doc["errors"] if not e.startswith((  # an earlier try's, now retried
+            f"--add-seeds: peer seed {seed} ", f"--add-seeds: pipeline seed {seed} ", f"reference seed {seed}:"))]
         seeds["table_stale"] = True
         save()  # the seed's runs are kept even if the table cannot be rebuilt below
         if rebuild(seed) is not None:

@@ -357,9 +357,8 @@ def test_add_seeds_refuses_another_recipe(tmp_path):
     assert "uncommitted changes" in check_recipe(dirty, real, REPO / "params.yaml", repo)
 
 
-def test_add_seeds_moves_means_spreads_and_targets(tmp_path, monkeypatch):
-    from edgeopt.paths import Paths
-
+def _one_seed_table() -> dict:
+    """A finished one-seed table: seed 0 of the pick and the baseline at 90 %, the peer's pruned model at 89 %."""
     rows = [_row("baseline_fp32_pytorch", "reference", "pytorch", 90.0, 4000, 10.0),
             _row("baseline_fp32_ort", "baseline", "onnxruntime", 90.0, 4000, 3.0),
             _row("baseline_ov_int8", "baseline", "openvino", 89.9, 1000, 1.0),
@@ -368,7 +367,14 @@ def test_add_seeds_moves_means_spreads_and_targets(tmp_path, monkeypatch):
             _row("small_ov_int8", "candidate", "openvino", 90.0, 100, 0.25, macs=10)]
     refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": None, "onnx_fp32": "baseline_fp32_ort",
             "baseline_ov_int8": "baseline_ov_int8"}
-    table = {"rows": rows, "references": refs, "selected": "small_ov_int8", "selected_by": "gate"}
+    return {"rows": rows, "references": refs, "selected": "small_ov_int8", "selected_by": "gate"}
+
+
+def test_add_seeds_moves_means_spreads_and_targets(tmp_path, monkeypatch):
+    from edgeopt.paths import Paths
+
+    table = _one_seed_table()
+    rows = table["rows"]
     measured = {"bare": [89.5, 88.5, 89.0], "pruned_kd": [89.0, 90.5, 90.0]}  # seed 0 as in the table
     monkeypatch.setattr(compression, "peer_accuracy", lambda runs, key, paths, params: measured[key][:len(runs)])
     peers = [{"seed": s, "bare": {"train_s": 10.0}, "pruned_kd": {"train_s": 2.0}} for s in range(3)]
@@ -401,21 +407,13 @@ def _finished_run(tmp_path: Path) -> Path:
               out / "work" / "reference" / "seed0" / "bare.onnx", out / "work" / "reference" / "seed0" / "kd.onnx"):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("{}")
-    rows = [_row("baseline_fp32_pytorch", "reference", "pytorch", 90.0, 4000, 10.0),
-            _row("baseline_fp32_ort", "baseline", "onnxruntime", 90.0, 4000, 3.0),
-            _row("baseline_ov_int8", "baseline", "openvino", 89.9, 1000, 1.0),
-            _row("peer_bare_script", "peer", "onnxruntime", 89.5, 4000, 3.0),
-            _row("peer_bare_pruned_kd", "peer", "onnxruntime", 89.0, 1000, 1.0, macs=25),
-            _row("small_ov_int8", "candidate", "openvino", 90.0, 100, 0.25, macs=10)]
-    refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": None, "onnx_fp32": "baseline_fp32_ort",
-            "baseline_ov_int8": "baseline_ov_int8"}
     peer0 = {"seed": 0, "recipe": {"epochs": 15, "kd_epochs": 5}, "wall_s": 50.0,
              "bare": {"onnx": str(out / "work/reference/seed0/bare.onnx"), "train_s": 40.0, "macs": 4000},
              "pruned_kd": {"onnx": str(out / "work/reference/seed0/kd.onnx"), "train_s": 10.0, "macs": 1000}}
     doc = {"format": FORMAT, "mode": "full", "argv": ["--seeds", "1"], "duration_s": 100.0, "errors": [],
            "settings": {"overrides": {"realistic": over}, "execution": "subprocess per stage", "budget_s": 2400.0,
                         "notes": []},
-           "compression": {"rows": rows, "references": refs, "selected": "small_ov_int8", "selected_by": "gate"},
+           "compression": _one_seed_table(),
            "reference": [peer0], "seeds": {"seeds": [0], "chains": {}, "accuracy": {}}, "cost": {},
            "environment": {}}
     (out / "benchmark.json").write_text(json.dumps(doc))
@@ -432,6 +430,10 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
 
     def peer(prepared, where, seed, profile, say, doc):
         calls.append(("peer", seed))
+        if broken["peer"]:
+            broken["peer"] = False
+            doc["errors"].append(f"reference seed {seed}: exit 1: out of memory")
+            return None
         (where / f"seed{seed}").mkdir(parents=True)
         (where / f"seed{seed}" / "model.onnx").write_text("{}")
         onnx = str(where / f"seed{seed}" / "model.onnx")
@@ -442,12 +444,17 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
         calls.append(("chain", seed))
         if seed == 2 and broken["chain"]:
             return {"ok": False}, {}
-        return {"ok": True, "total_wall_s": 7.0}, {"baseline_fp32_ort": 90.0 + seed, "small_ov_int8": 90.0 - seed}
+        return ({"ok": True, "total_wall_s": 7.0, "workdir": str(work / f"seed{seed}")},
+                {"baseline_fp32_ort": 90.0 + seed, "small_ov_int8": 90.0 - seed})
 
-    broken = {"chain": True}
+    broken = {"chain": True, "peer": True}
     monkeypatch.setattr(seed_runs, "reference_seed", peer)
     monkeypatch.setattr(seed_runs, "pipeline_seed", chain)
     read = lambda: json.loads((out / "benchmark.json").read_text())  # noqa: E731
+    # the peer's seed 1 fails first: nothing trained after it, the error says to retry
+    assert main(["--add-seeds", str(out), "--seeds", "3"]) == 1
+    assert calls == [("peer", 1)] and "peer seed 1 failed" in read()["errors"][-1]
+    calls[:] = []
     # seed 2's chain fails: seed 1 is in the table, seed 2's peer run is kept, the error says what to do
     assert main(["--add-seeds", str(out), "--seeds", "3"]) == 1
     doc = read()
@@ -464,7 +471,7 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     assert rows["small_ov_int8"]["seeds"]["accuracy"] == [90.0, 89.0, 88.0]
     assert rows["peer_bare_pruned_kd"]["seeds"]["accuracy"] == [89.0, 90.0, 91.0]
     assert doc["budget"]["parts_s"]["external peer"] == 60.0 and doc["duration_s"] > 100.0
-    assert [a["seeds"] for a in doc["added_seeds"]] == [[1], [2]]
+    assert [a["seeds"] for a in doc["added_seeds"]] == [[], [1], [2]]  # the failed try is on record
     # a table that cannot be rebuilt keeps the seed's runs; the next call rebuilds it without training
     calls[:] = []
     monkeypatch.setattr(compression, "peer_accuracy", lambda *a: 1 / 0)
@@ -478,3 +485,26 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     doc = read()
     assert calls == [] and "table_stale" not in doc["seeds"] and doc["errors"] == []
     assert len({r["name"]: r for r in doc["compression"]["rows"]}["small_ov_int8"]["seeds"]["accuracy"]) == 4
+
+
+def test_convergence_is_checked_on_every_seed(tmp_path):
+    """A mean over seeds needs every seed's baseline at its plateau: one unconverged seed fails the target."""
+    from edgeopt.paths import Paths
+
+    def train_metrics(root: Path, converged: bool, gain: float) -> Path:
+        (root / "metrics").mkdir(parents=True)
+        (root / "metrics" / "train.json").write_text(json.dumps({
+            "converged": converged, "val_gain_last_20pct": gain, "epochs_run": 40,
+            "ran_with": {"params": {"train": {"converged_max_gain": 0.5}}}}))
+        return root
+
+    paths = Paths(train_metrics(tmp_path / "seed0", True, 0.2))
+    assert compression._training(paths)["converged"] is True
+    late = [train_metrics(tmp_path / "seed1", True, 0.1), train_metrics(tmp_path / "seed2", False, 2.5)]
+    training = compression._training(paths, late)
+    assert training["converged"] is False and training["val_gain"] == 2.5
+    assert training["val_gain_per_seed"] == [0.2, 0.1, 2.5]
+    t = compression.targets(_one_seed_table()["rows"], "small_ov_int8", "gate", _one_seed_table()["references"],
+                            training)
+    assert t["items"][0]["met"] is False and "gain per seed [0.2, 0.1, 2.5]" in t["items"][0]["detail"]
+    assert t["all_met"] is False and "did not converge" in t["note"]
