@@ -485,6 +485,13 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     doc = read()
     assert calls == [] and "table_stale" not in doc["seeds"] and doc["errors"] == []
     assert len({r["name"]: r for r in doc["compression"]["rows"]}["small_ov_int8"]["seeds"]["accuracy"]) == 4
+    # a table derived by an older version (here: another verdict) is derived again from the files, no training
+    doc["compression"]["targets"]["all_met"] = "derived otherwise"
+    (out / "benchmark.json").write_text(json.dumps(doc))
+    assert main(["--add-seeds", str(out), "--seeds", "4"]) == 0
+    assert calls == [] and read()["compression"]["targets"]["all_met"] is False
+    written = (out / "benchmark.json").read_bytes()
+    assert main(["--add-seeds", str(out), "--seeds", "4"]) == 0 and (out / "benchmark.json").read_bytes() == written
 
 
 def test_convergence_is_checked_on_every_seed(tmp_path):
