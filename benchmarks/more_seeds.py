@@ -60,8 +60,12 @@ def check_run(out: Path, fmt: str) -> dict[str, Any]:
                             "finished benchmark run") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise AddSeedsError(f"--add-seeds {out}: benchmark.json is not an {fmt} result")
-    if not ((doc.get("compression") or {}).get("rows")):
+    if not (isinstance(doc.get("compression"), dict) and doc["compression"].get("rows")):
         raise AddSeedsError(f"--add-seeds {out}: the run has no compression table (did it finish?); rerun it")
+    problem = _shape_problem(doc)
+    if problem:
+        raise AddSeedsError(f"--add-seeds {out}: benchmark.json is damaged: {problem}; rerun the benchmark (this "
+                            "command reads what the run wrote and changes nothing until that is whole)")
     real = out / "work" / "realistic"
     need = [real / "params.yaml", real / "data" / "prepared" / "meta.json", real / "metrics" / "evaluate.json"]
     # every seed's peer model is measured again when the table is rebuilt: missing ones must show now, not
@@ -72,6 +76,38 @@ def check_run(out: Path, fmt: str) -> dict[str, Any]:
             raise AddSeedsError(f"--add-seeds {out}: {path} is missing: the run's work directory is needed "
                                 "where the run wrote it (prepared images, params, models); rerun the benchmark")
     return doc
+
+
+def _shape_problem(doc: dict[str, Any]) -> str | None:
+    """What, of the fields --add-seeds reads and rewrites, a run did not write as the benchmark writes them."""
+    num = (int, float)
+    settings, table = doc.get("settings"), doc["compression"]
+    if not isinstance(doc.get("argv"), list) or not all(isinstance(a, str) for a in doc["argv"]):
+        return "argv is not a list of strings"
+    if not isinstance(doc.get("errors"), list):
+        return "errors is not a list"
+    if not (isinstance(settings, dict) and isinstance((settings.get("overrides") or {}).get("realistic"), dict)
+            and isinstance(settings.get("execution"), str) and isinstance(settings.get("budget_s"), num)):
+        return "settings lacks overrides.realistic, execution or budget_s"
+    if not isinstance(table.get("references"), dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("accuracy"), (*num, type(None)))
+            for r in table["rows"]):
+        return "compression.rows need a name and a numeric accuracy each, beside compression.references"
+    for r in doc.get("reference") or []:
+        if not (isinstance(r, dict) and isinstance(r.get("seed"), int) and all(
+                isinstance(r.get(k), dict) and isinstance(r[k].get("onnx"), str)
+                and isinstance(r[k].get("train_s"), num) for k in ("bare", "pruned_kd"))):
+            return "a reference (peer) entry lacks seed, bare/pruned_kd onnx or train_s"
+    seeds = doc.get("seeds")
+    if seeds is not None:
+        chains, accs = (seeds or {}).get("chains", {}), (seeds or {}).get("accuracy", {})
+        if not (isinstance(chains, dict) and all(isinstance(c, dict) and isinstance(c.get("workdir"), str)
+                                                 and k.isdigit() for k, c in chains.items())):
+            return "seeds.chains must map seed numbers to chains with a workdir"
+        if not (isinstance(accs, dict) and all(isinstance(v, list) and all(isinstance(a, (*num, type(None)))
+                                                                         for a in v) for v in accs.values())):
+            return "seeds.accuracy must map rows to lists of numbers"
+    return None
 
 
 def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,

@@ -297,6 +297,24 @@ def test_add_seeds_refuses_a_dir_it_cannot_extend(tmp_path, capsys):
     (tmp_path / "benchmark.json").write_text(json.dumps({"format": "edgeopt-benchmark/1", "mode": "full",
                                                          "compression": {"rows": [{"name": "x"}]}}))
     assert main(["--add-seeds", str(tmp_path), "--seeds", "2"]) == 2
+    assert "benchmark.json is damaged: argv" in capsys.readouterr().err
+    run = _finished_run(tmp_path)
+    doc = json.loads((run / "benchmark.json").read_text())
+    for path, value, message in ((("compression", "rows", 0, "accuracy"), "90 %", "numeric accuracy"),
+                                 (("reference", 0, "bare"), None, "reference (peer) entry"),
+                                 (("settings", "overrides"), [], "overrides.realistic")):
+        crafted = json.loads(json.dumps(doc))
+        node = crafted
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        (run / "benchmark.json").write_text(json.dumps(crafted))
+        assert main(["--add-seeds", str(run), "--seeds", "2"]) == 2
+        assert "damaged: " in (err := capsys.readouterr().err) and message in err, err
+        assert json.loads((run / "benchmark.json").read_text()) == crafted  # nothing written over
+    (run / "benchmark.json").write_text(json.dumps(doc))
+    (run / "work" / "realistic" / "params.yaml").unlink()
+    assert main(["--add-seeds", str(run), "--seeds", "2"]) == 2
     assert "params.yaml is missing" in capsys.readouterr().err
     (tmp_path / "benchmark.json").write_text("{not json")
     assert main(["--add-seeds", str(tmp_path)]) == 2
