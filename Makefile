@@ -31,11 +31,17 @@ run: setup
 	dvc repro
 	@python -m edgeopt.summary
 
+# Two test processes (pytest-xdist), each taking whole files so module fixtures are built once; files with slow
+# tests are handed out first (tests/conftest.py), not reordered by test count. Most tests wait on subprocesses
+# (DVC, Prefect servers, stage start-up), so two share a 2-core machine well. TEST_WORKERS=1 runs them one by one.
+TEST_WORKERS ?= 2
+PYTEST := python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: setup
-	python -m pytest -q -m "not extended" --timeout=900
+	$(PYTEST) -m "not extended" --timeout=900
 
 test-all: setup
-	python -m pytest -q --timeout=1800
+	$(PYTEST) --timeout=1800
 
 # `dvc plots show` pages without internet: Vega inlined into DVC's page template (downloads it once, sha512-checked)
 plots-offline: setup

@@ -5,15 +5,23 @@ seconds, independent of the prepare/train stage implementations.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("EDGEOPT_NO_PROGRESS", "1")
+# Flows run by tests use a Prefect home of their own, one per test process: never the user's ~/.prefect (or a
+# server PREFECT_API_URL names), and never a SQLite file shared by two pytest-xdist workers running side by side.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="edgeopt-tests-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # slow while another worker runs
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset" / "train"
 
@@ -116,3 +124,10 @@ def reproduced_clone(tmp_path_factory):
     res = run([sys.executable, "-m", "dvc", "repro"], root, timeout=1500)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return root, res
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding slow tests run first (order otherwise kept): with two pytest-xdist workers taking whole files
+    (`make test`), the long files start early and the short ones fill the gaps, instead of one starting last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
