@@ -126,6 +126,7 @@ def reproduced_clone(tmp_path_factory):
     return root, res
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` deselection: a file whose slow tests are all deselected is not slow
 def pytest_collection_modifyitems(config, items):
     """Files holding slow tests run first (order otherwise kept): with two pytest-xdist workers taking whole files
     (`make test`), the long files start early and the short ones fill the gaps, instead of one starting last."""

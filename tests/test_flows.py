@@ -301,6 +301,7 @@ def two_runs(prefect_home, release_project):
     return first, after_first, second, status
 
 
+@pytest.mark.slow  # real flow runs through DVC (the two_runs fixture: about 2 min)
 def test_release_flow_records_every_stage_in_dvc_lock_and_publishes_artifacts(two_runs, release_project):
     import yaml
 
@@ -354,6 +355,7 @@ def _logs_of(run_id):
     return LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
 
 
+@pytest.mark.slow
 def test_second_run_and_dvc_repro_find_everything_up_to_date(two_runs, release_project):
     from edgeopt.pipeline import load_pipeline
 
@@ -367,6 +369,7 @@ def test_second_run_and_dvc_repro_find_everything_up_to_date(two_runs, release_p
     assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_dvc_repro_after_a_param_change_then_the_flow_reuses_everything(two_runs, release_project):
     from edgeopt.params import render_params_file
     from flows.edge_release import edge_release
@@ -382,6 +385,7 @@ def test_dvc_repro_after_a_param_change_then_the_flow_reuses_everything(two_runs
     assert set(state.result()["stages"].values()) == {"Cached"}
 
 
+@pytest.mark.slow
 def test_a_deleted_output_reruns_only_its_stage(two_runs, release_project):
     from flows.edge_release import edge_release
 
@@ -409,6 +413,7 @@ def failed_release(project: Path, tmp_path: Path, override: str):
     return root, state, task_states(state.state_details.flow_run_id)
 
 
+@pytest.mark.slow
 def test_real_gate_failure_ends_failed_with_the_verdict(two_runs, release_project, tmp_path):
     root, state, states = failed_release(release_project, tmp_path, "gate.max_latency_ms=0.000001")
     assert state.message.startswith("gate: no candidate passes the gates (")
@@ -421,6 +426,7 @@ def test_real_gate_failure_ends_failed_with_the_verdict(two_runs, release_projec
     assert len(table) == len(gate["rows"]) and not any(r["gate"].startswith("pass") for r in table)
 
 
+@pytest.mark.slow
 def test_real_validation_failure_stops_before_training(two_runs, release_project, tmp_path):
     _, state, states = failed_release(release_project, tmp_path, "validate.min_images_per_class=100000")
     assert state.message.startswith("validate: data validation failed; training is blocked:")
