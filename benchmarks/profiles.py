@@ -6,11 +6,12 @@ overrides are written into each work directory's params.yaml and recorded in the
 
 Settings of the realistic chain (mode `full`) and why (issue 12: accuracy at a MAC budget against a converged
 baseline and an external peer, benchmarks/reference.py, trained on the same images in the same run):
-- Baseline: ResNet-18 with the CIFAR stem at FULL width (557 M MACs, 11.2 M params), the converging recipe:
+- Baseline: ResNet-18 with the CIFAR stem at FULL width (557 M MACs, 11.2 M params), trained with
   one-cycle SGD (Nesterov, max lr 0.1), label smoothing 0.1, crop + flip, batch 128, 40 epochs, no early
   stopping (the schedule decides), bf16 autocast where the CPU has native bf16 (2x here; fp32 elsewhere, with a
   warning). Measured on this machine: the peer's 15-epoch FP32 recipe on the 4,068 train+val images reached
   67.4 % test (bf16: 67.9 %); the baseline must match it (converged: val gain of the last 20 % of epochs).
+  40 epochs do not converge (60 gave +2.4-4.0 pt on two seeds, benchmarks/recorded/2026-11-30-epochs60/).
 - Pruning 68 % of the channels of every layer (L1, block-aligned to 8, nothing protected) leaves ~9 % of the
   MACs, then 15 epochs of KD fine-tuning from the baseline, 2 of cluster-preserving fine-tuning.
 - Distillation student: the 6-conv small_cnn at width 2 (39 M MACs, 7 % of the baseline's), taught by the
