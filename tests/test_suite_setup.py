@@ -10,7 +10,9 @@ from tests.conftest import pytest_collection_modifyitems
 
 
 def _item(path: str, slow: bool = False):
-    return SimpleNamespace(path=Path(path), name=path, get_closest_marker=lambda name: object() if slow and name == "slow" else None)
+    marker = object() if slow else None
+    return SimpleNamespace(path=Path(path), name=path,
+                           get_closest_marker=lambda name: marker if name == "slow" else None)
 
 
 def test_files_with_slow_tests_come_first_and_keep_their_order():
