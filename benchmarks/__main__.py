@@ -7,6 +7,7 @@
     python -m benchmarks --set prune.ratio=0.55 --set digits:train.epochs=5   # params overrides per chain
     python -m benchmarks --search-result sweeps/search/search.json   # the search's pick as the release
     python -m benchmarks --add-seeds DIR --seeds 3   # more seeds for the finished run in DIR (its work/ kept)
+    python -m benchmarks --no-probe      # skip the convergence probe (seed 0's baseline again, 1.5x the epochs)
 
 Writes DIR/benchmark.json and DIR/benchmark.md (DIR = --out, default benchmarks/results/<timestamp>-<mode>/)
 plus the work directories of every chain under DIR/work/. See benchmarks/README.md.
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-seeds", metavar="DIR",
                    help="add training seeds (up to --seeds, default the mode's) to the finished run in DIR, one "
                         "seed at a time, same recipe; DIR/benchmark.json and .md are rewritten after each seed")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the convergence probe (seed 0's baseline trained again for 1.5x the epochs); the "
+                        "baseline's convergence is then not shown and the targets cannot all be met")
     p.add_argument("--skip-digits", action="store_true", help="skip the default (digits) chain's cost run")
     p.add_argument("--skip-throughput", action="store_true", help="skip train stage vs bare loop")
     p.add_argument("--in-process", action="store_true", default=None,
@@ -144,7 +148,8 @@ def add_seeds(args: argparse.Namespace, argv: list[str]) -> int:
 
 def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> int:
     from benchmarks import chain as ch
-    from benchmarks import compression, datasource, environment, markdown, search_pick, throughput
+    from benchmarks import compression, convergence_probe, datasource, environment, markdown, search_pick
+    from benchmarks import throughput
     from benchmarks.seed_runs import run_reference, run_seeds
     from benchmarks.summary import budget, cuts, print_summary
     from benchmarks.profiles import COMMON
@@ -275,6 +280,10 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
         save()
         seed_acc = run_seeds(real, realistic_over, base_params, stages, work, in_process, profile, say, doc)
         save()
+        if profile.probe_factor and not args.no_probe:
+            doc["convergence_probe"] = convergence_probe.run(real.workdir, realistic_over, base_params, work,
+                                                             in_process, profile.probe_factor, say)
+            save()
 
     # 4. plain NNCF INT8 of the unpruned baseline: the quantize stage in a side project
     from edgeopt.paths import Paths
@@ -299,7 +308,8 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
             doc["compression"] = compression.build_rows(
                 paths, params, side_dir, warmup=profile.warmup, runs=profile.runs, rounds=profile.rounds,
                 batch=profile.batch, batch_runs=profile.batch_runs, say=say, peers=peers, seed_accuracy=seed_acc,
-                seed_dirs=[Path(c["workdir"]) for c in ((doc.get("seeds") or {}).get("chains") or {}).values()])
+                seed_dirs=[Path(c["workdir"]) for c in ((doc.get("seeds") or {}).get("chains") or {}).values()],
+                probe=doc.get("convergence_probe"))
         except Exception as exc:
             doc["errors"].append(f"compression rows: {type(exc).__name__}: {exc}")
             traceback.print_exc()

@@ -207,6 +207,19 @@ class Chain:
                 "ok": not self._blocked()}
 
 
+def linked_chain(label: str, workdir: Path, overrides: dict[str, Any], real_workdir: Path, in_process: bool,
+                 say: Callable[[str], None], base_params: Path) -> Chain:
+    """A chain in `workdir` set up with `overrides` whose data/prepared links to the realistic chain's (the same
+    images and splits, not copied)."""
+    c = Chain(label, workdir, overrides, in_process, say)
+    c.setup(base_params)
+    (c.workdir / "data").mkdir(exist_ok=True)
+    link = c.workdir / "data" / "prepared"
+    if not link.exists():
+        os.symlink((real_workdir / "data" / "prepared").resolve(), link)
+    return c
+
+
 def last_error_line(log: Path) -> str | None:
     """The most telling line of a failed stage's output: an `edgeopt <stage>: error:` line, else the last."""
     try:

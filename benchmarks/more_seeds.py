@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.convergence_probe import shape_problem as probe_shape_problem
 from edgeopt.errors import ParamsError
 
 # what decides a seed's numbers: a change here since the first run makes the new seeds incomparable
@@ -98,6 +99,10 @@ def _shape_problem(doc: dict[str, Any]) -> str | None:
                 isinstance(r.get(k), dict) and isinstance(r[k].get("onnx"), str)
                 and isinstance(r[k].get("train_s"), num) for k in ("bare", "pruned_kd"))):
             return "a reference (peer) entry lacks seed, bare/pruned_kd onnx or train_s"
+    if doc.get("convergence_probe") is not None:
+        problem = probe_shape_problem(doc["convergence_probe"])
+        if problem:
+            return problem
     seeds = doc.get("seeds")
     if seeds is not None:
         chains, accs = (seeds or {}).get("chains", {}), (seeds or {}).get("accuracy", {})
@@ -214,7 +219,7 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
     def rebuild(seed: int | None) -> int | None:
         try:
             compression.add_seeds(doc["compression"], paths, params, doc["reference"], seeds["accuracy"],
-                                  _seed_dirs(doc))
+                                  _seed_dirs(doc), doc.get("convergence_probe"))
         except Exception as exc:
             seeds["table_stale"] = True
             return failed(f"the table could not be rebuilt with seed {seed}: {type(exc).__name__}: {exc}; "
@@ -272,7 +277,7 @@ def _outdated(doc: dict[str, Any], paths, params) -> bool:
     table = copy.deepcopy(doc["compression"])
     try:
         compression.add_seeds(table, paths, params, doc.get("reference") or [], seeds.get("accuracy") or {},
-                              _seed_dirs(doc))
+                              _seed_dirs(doc), doc.get("convergence_probe"))
     except Exception:  # the rebuild proper records what went wrong
         return True
     return json.dumps(table, sort_keys=True) != json.dumps(doc["compression"], sort_keys=True)

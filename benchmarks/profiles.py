@@ -12,6 +12,9 @@ baseline and an external peer, benchmarks/reference.py, trained on the same imag
   warning). Measured on this machine: the peer's 15-epoch FP32 recipe on the 4,068 train+val images reached
   67.4 % test (bf16: 67.9 %); the baseline must match it (converged: val gain of the last 20 % of epochs).
   40 epochs do not converge (60 gave +2.4-4.0 pt on two seeds, benchmarks/recorded/2026-11-30-epochs60/).
+  Whether it converged is decided by the in-run check on every seed and by the convergence probe (seed 0
+  trained again for 1.5x the epochs must gain <= 0.5 pt of test accuracy; the in-run check alone passed a
+  baseline 4 pt short of its 60-epoch accuracy).
 - Pruning 68 % of the channels of every layer (L1, block-aligned to 8, nothing protected) leaves ~9 % of the
   MACs, then 15 epochs of KD fine-tuning from the baseline, 2 of cluster-preserving fine-tuning.
 - Distillation student: the 6-conv small_cnn at width 2 (39 M MACs, 7 % of the baseline's), taught by the
@@ -65,6 +68,8 @@ class Profile:
     budget_s: float = 2400.0           # the mode's wall-time goal (reported, not enforced)
     seeds: int = 3                     # headline rows (baseline, pick, the peer) over this many training seeds
     reference_epochs: tuple[int, int] = (15, 5)  # the peer script's epochs (bare, KD): 15 / 5 as written
+    probe_factor: float = 1.5          # convergence probe: seed 0's baseline again with this many times the
+                                       # epochs (benchmarks/convergence_probe.py); 0 = not run
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 

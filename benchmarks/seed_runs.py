@@ -2,7 +2,6 @@
 evaluate, one seed at a time, on the realistic chain's prepared images (the test split stays the same)."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -68,12 +67,8 @@ def pipeline_seed(real_workdir: Path, overrides: dict[str, Any], base_params: Pa
     from benchmarks import chain as ch
     from benchmarks.compression import PYTORCH_ROW
 
-    c = ch.Chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, in_process, say)
-    c.setup(base_params)
-    (c.workdir / "data").mkdir(exist_ok=True)
-    link = c.workdir / "data" / "prepared"
-    if not link.exists():
-        os.symlink((real_workdir / "data" / "prepared").resolve(), link)
+    c = ch.linked_chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, real_workdir,
+                        in_process, say, base_params)
     c.run(stages[stages.index("train"):stages.index("evaluate") + 1], ch.Estimator(c, {}))
     accs = {name: round(row["accuracy"], 4) for name, row in ((c.metrics("evaluate") or {}).get("candidates")
                                                                 or {}).items() if row.get("accuracy") is not None}

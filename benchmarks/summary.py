@@ -15,6 +15,9 @@ def cuts(args: argparse.Namespace, profile) -> list[str]:
            ] if profile.seeds < default.seeds else []
     if args.skip_digits and default.digits_chain:
         out.append("the default (digits) chain's cost run (--skip-digits)")
+    if getattr(args, "no_probe", False) and default.probe_factor:
+        out.append("the convergence probe (--no-probe): without it the baseline's convergence is not shown, so "
+                   "the targets are not met")
     if args.skip_throughput:
         out.append("train stage vs bare loop (--skip-throughput)")
     if not args.search_result:
@@ -30,6 +33,8 @@ def budget(doc: dict[str, Any]) -> dict[str, Any]:
     parts["external peer"] = sum(r.get("wall_s") or 0.0 for r in doc.get("reference") or [])
     parts.update({f"seed {k} (train .. evaluate)": c.get("total_wall_s") or 0.0
                   for k, c in ((doc.get("seeds") or {}).get("chains") or {}).items()})
+    if doc.get("convergence_probe"):
+        parts["convergence probe (seed 0 trained longer)"] = doc["convergence_probe"].get("wall_s") or 0.0
     if doc.get("training_throughput"):
         parts["training throughput"] = doc["training_throughput"].get("measured_in_s") or 0.0
     total, goal = doc.get("duration_s") or 0.0, doc["settings"]["budget_s"]

@@ -72,12 +72,15 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
     t = comp["targets"]
     assert t["candidate"] == comp["selected"] and t["candidate"] in rows
     assert [it["name"].split(" (")[0] for it in t["items"]] == [
-        "baseline converged", "baseline at least as accurate as the bare script", "accuracy drop vs the baseline",
+        "baseline converged", "baseline converged", "baseline at least as accurate as the bare script",
+        "accuracy drop vs the baseline",
         "MACs vs the baseline", "size vs FP32 ONNX baseline", "p50 latency vs FP32 PyTorch eager",
         "p50 latency vs plain NNCF INT8 of the unpruned baseline",
         "more accurate than the bare script + prune + KD at equal or fewer MACs"]
-    converged, *measured = t["items"]
-    assert all(it["value"] is not None and it["met"] in (True, False) for it in measured)
+    converged, probe, *measured = t["items"]
+    assert all(it["value"] is not None and it["met"] in (True, False) for it in [probe, *measured])
+    assert doc["convergence_probe"]["epochs"] == [1, 2] and doc["budget"]["parts_s"][
+        "convergence probe (seed 0 trained longer)"] > 0
     # one smoke epoch has no "last 20 % of epochs": not measured, so the targets are never all met
     assert converged["value"] is None and converged["met"] is None and t["all_met"] is False
 
@@ -170,6 +173,9 @@ def test_budget_names_what_took_the_time_and_what_was_left_out():
     assert left[0].startswith("1 training seed(s) instead of the mode's 3") and "--skip-digits" in left[1]
     assert "--search-result" in left[-1] and len(left) == 3
     assert cuts(argparse.Namespace(skip_digits=False, skip_throughput=False, search_result="s.json"), FULL) == []
+    no_probe = cuts(argparse.Namespace(skip_digits=False, skip_throughput=False, search_result="s.json",
+                                       no_probe=True), FULL)
+    assert len(no_probe) == 1 and "--no-probe" in no_probe[0] and "not shown" in no_probe[0]
     md = markdown.render({**doc, "reference": [], "budget": b, "settings": {**doc["settings"], "cut": left}})
     assert "time goal **NOT MET**: 3,000 s of 2,400 s" in md and "left out of this run: 1 training seed(s)" in md
 
@@ -227,13 +233,14 @@ def test_ratios_and_targets_from_synthetic_rows():
     assert small["ratios"]["pytorch_fp32"]["p50_speedup_1_thread"] == 40.0
     assert small["ratios"]["openvino_fp32"]["p50_speedup_1_thread"] == 8.0
     assert small["ratios"]["openvino_fp32"]["macs_x"] == 10.0
-    converged = {"converged": True, "val_gain": 0.1, "max_gain": 0.5, "epochs": 30}
+    converged = {"converged": True, "in_run_converged": True, "val_gain": 0.1, "max_gain": 0.5, "epochs": 30,
+                 "probe": _probe(90.0, 90.1)}
     t = compression.targets(rows, "small_ov_int8", "gate", refs, converged)
-    assert [it["met"] for it in t["items"]] == [True] * 8 and t["all_met"]
+    assert [it["met"] for it in t["items"]] == [True] * 9 and t["all_met"]
     rows[-1]["latency"]["1_thread"] = {"p50_ms": 0.5, "p90_ms": 0.6}  # 20x PyTorch, 2x plain INT8: too slow
     rows[-2]["accuracy"] = 89.8  # and the peer's pruned model now beats it
     t = compression.targets(rows, "small_ov_int8", "gate", refs, converged)
-    assert [it["met"] for it in t["items"]] == [True, True, True, True, True, False, False, False]
+    assert [it["met"] for it in t["items"]] == [True] * 6 + [False] * 3
     unconverged = compression.targets(rows, "small_ov_int8", "gate", refs, {**converged, "val_gain": 2.0,
                                                                               "converged": False})
     assert unconverged["items"][0]["met"] is False and "did not converge" in unconverged["note"]
@@ -302,7 +309,10 @@ def test_add_seeds_refuses_a_dir_it_cannot_extend(tmp_path, capsys):
     doc = json.loads((run / "benchmark.json").read_text())
     for path, value, message in ((("compression", "rows", 0, "accuracy"), "90 %", "numeric accuracy"),
                                  (("reference", 0, "bare"), None, "reference (peer) entry"),
-                                 (("settings", "overrides"), [], "overrides.realistic")):
+                                 (("settings", "overrides"), [], "overrides.realistic"),
+                                 (("convergence_probe",), "yes", "convergence_probe is not an object"),
+                                 (("convergence_probe",), {"ok": True, "converged": True, "epochs": [40],
+                                                           "test_accuracy": [1, 2]}, "convergence_probe lacks")):
         crafted = json.loads(json.dumps(doc))
         node = crafted
         for key in path[:-1]:
@@ -524,12 +534,109 @@ def test_convergence_is_checked_on_every_seed(tmp_path):
         return root
 
     paths = Paths(train_metrics(tmp_path / "seed0", True, 0.2))
-    assert compression._training(paths)["converged"] is True
+    assert compression._training(paths)["in_run_converged"] is True
+    assert compression._training(paths)["converged"] is None  # the probe not run: not shown
+    assert compression._training(paths, [], _probe(80.0, 80.1))["converged"] is True
     late = [train_metrics(tmp_path / "seed1", True, 0.1), train_metrics(tmp_path / "seed2", False, 2.5)]
-    training = compression._training(paths, late)
+    training = compression._training(paths, late, _probe(80.0, 80.1))
     assert training["converged"] is False and training["val_gain"] == 2.5
     assert training["val_gain_per_seed"] == [0.2, 0.1, 2.5]
     t = compression.targets(_one_seed_table()["rows"], "small_ov_int8", "gate", _one_seed_table()["references"],
                             training)
     assert t["items"][0]["met"] is False and "gain per seed [0.2, 0.1, 2.5]" in t["items"][0]["detail"]
     assert t["all_met"] is False and "did not converge" in t["note"]
+
+
+def _probe(first: float, longer: float, limit: float = 0.5) -> dict:
+    from benchmarks import convergence_probe
+
+    return convergence_probe.compare({"test_accuracy": first, "val_accuracy": 75.0, "epochs_run": 40},
+                                     {"test_accuracy": longer, "val_accuracy": 78.0, "epochs_run": 60}, 1.5, limit)
+
+
+def test_convergence_probe_flags_a_baseline_that_gains_from_more_epochs():
+    """The case the in-run check missed here: seed 0 passed it at 40 epochs, then 60 epochs gave +4.03 pt."""
+    from benchmarks.convergence_probe import describe, probe_epochs
+
+    assert [probe_epochs(40, 1.5), probe_epochs(1, 1.5), probe_epochs(3, 1.2), probe_epochs(7, 1.5)] == [60, 2, 4, 11]
+    under = _probe(72.17, 76.20)
+    assert under["converged"] is False and under["test_gain"] == pytest.approx(4.03) and under["val_gain"] == 3.0
+    assert under["epochs"] == [40, 60] and under["ok"] is True
+    assert "40 epochs 72.17 % -> 60 epochs 76.20 % test (+4.03 pt" in describe(under)
+    assert "NOT converged" in describe(under)
+    assert _probe(76.20, 76.60)["converged"] is True and _probe(76.2, 75.0)["converged"] is True  # no gain: plateau
+    assert _probe(76.2, 76.8)["converged"] is False and _probe(76.2, 76.8, limit=1.0)["converged"] is True
+    missing = _probe(76.2, None)
+    assert missing["ok"] is False and missing["converged"] is None
+
+
+def test_targets_need_the_in_run_check_and_the_probe(tmp_path):
+    from edgeopt.paths import Paths
+
+    root = tmp_path
+    (root / "metrics").mkdir()
+    (root / "metrics" / "train.json").write_text(json.dumps({
+        "converged": True, "val_gain_last_20pct": 0.196, "epochs_run": 40,
+        "ran_with": {"params": {"train": {"converged_max_gain": 0.5}}}}))
+    table = _one_seed_table()
+
+    def check(probe):
+        training = compression._training(Paths(root), [], probe)
+        return training, compression.targets(table["rows"], "small_ov_int8", "gate", table["references"], training)
+
+    training, t = check(_probe(72.17, 76.20))  # passed in-run, failed the probe: not converged
+    assert training["in_run_converged"] is True and training["converged"] is False
+    in_run, probe_item = t["items"][:2]
+    assert in_run["name"].startswith("baseline converged (val gain") and in_run["met"] is True
+    assert probe_item["name"].startswith("baseline converged (convergence probe")
+    assert probe_item["met"] is False and probe_item["value"] == pytest.approx(4.03) and probe_item["limit"] == 0.5
+    assert "did not converge" in t["note"] and t["all_met"] is False
+    training, t = check(None)  # not run: convergence not shown, the targets are not met
+    assert training["converged"] is None and t["items"][1]["met"] is None and t["all_met"] is False
+    assert "not shown" in t["note"] and "skipped" in t["items"][1]["detail"]
+    training, t = check(_probe(76.20, 76.40))
+    assert training["converged"] is True and t["items"][1]["met"] is True and t["note"] is None
+    md = markdown.render({"mode": "test", "compression": {**table, "targets": t, "protocol": {}}})
+    assert ("| baseline converged (convergence probe: test gain from training it longer) | +0.20 pt | <= 0.5 pt "
+            "| met |") in md
+
+
+def test_convergence_probe_trains_the_same_baseline_longer_on_the_same_images(tmp_path, monkeypatch):
+    from benchmarks import chain as ch
+    from benchmarks import convergence_probe
+
+    real = tmp_path / "work" / "realistic"
+    ch.Chain("realistic", real, {"train.epochs": 40}).setup(REPO / "params.yaml")
+    (real / "data" / "prepared").mkdir(parents=True)
+    (real / "metrics").mkdir()
+    (real / "metrics" / "train.json").write_text(json.dumps(
+        {"test_accuracy": 72.17, "val_accuracy": 75.05, "epochs_run": 40}))
+    ran = []
+
+    def fake_run(self, stages, eta=None, total=None, fail=False):
+        ran.append((self.label, stages, self.params.train.epochs, (self.workdir / "data" / "prepared").resolve()))
+        self.runs["train"] = ch.StageRun("train", status="failed" if fail else "ok", wall_s=1.0)
+        if not fail:
+            (self.workdir / "metrics").mkdir(exist_ok=True)
+            (self.workdir / "metrics" / "train.json").write_text(json.dumps(
+                {"test_accuracy": 76.2, "val_accuracy": 78.0, "epochs_run": self.params.train.epochs}))
+        return not fail
+
+    monkeypatch.setattr(ch.Chain, "run", fake_run)
+    lines = []
+    probe = convergence_probe.run(real, {"train.epochs": 40}, REPO / "params.yaml", tmp_path / "work", True, 1.5,
+                                  lines.append)
+    assert ran == [("probe", ["train"], 60, (real / "data" / "prepared").resolve())]  # same images, 1.5x epochs
+    assert probe["converged"] is False and probe["epochs"] == [40, 60] and probe["wall_s"] >= 0
+    assert any("NOT converged" in ln for ln in lines)
+    from benchmarks.more_seeds import probe_shape_problem
+
+    assert probe_shape_problem(json.loads(json.dumps(probe))) is None  # what it writes, --add-seeds reads back
+
+    monkeypatch.setattr(ch.Chain, "run", lambda self, *a, **k: fake_run(self, *a, fail=True))
+    failed = convergence_probe.run(real, {"train.epochs": 40}, REPO / "params.yaml", tmp_path / "work", True, 1.5,
+                                   lines.append)  # the first probe's metrics are still there: they must not count
+    assert failed["ok"] is False and failed["converged"] is None and "train stage failed" in failed["reason"]
+    (real / "metrics" / "train.json").unlink()
+    assert convergence_probe.run(real, {}, REPO / "params.yaml", tmp_path / "work", True, 1.5,
+                                 lines.append)["reason"].startswith("the realistic chain's baseline has no test")
