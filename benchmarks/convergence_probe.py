@@ -3,7 +3,7 @@
 Why a second run: the train stage's own check (best validation accuracy gained in the last 20 % of epochs,
 edgeopt.training.convergence) cannot see under-training under one-cycle, or any schedule annealed to zero: the
 last 20 % of every run is the annealing phase whatever the run's length. Measured on this project's CIFAR-10
-subset (benchmarks/recorded/2026-11-30-epochs60/): seed 0 at 40 epochs passed that check (0.20 pt), yet 60
+subset (benchmarks/recorded/2026-11-30-longer-training/): seed 0 at 40 epochs passed that check (0.20 pt), yet 60
 epochs gave 4.0 pt more test accuracy.
 
 So the benchmark trains the realistic chain's baseline again (same seed, recipe and prepared images, only

@@ -11,7 +11,7 @@ baseline and an external peer, benchmarks/reference.py, trained on the same imag
   stopping (the schedule decides), bf16 autocast where the CPU has native bf16 (2x here; fp32 elsewhere, with a
   warning). Measured on this machine: the peer's 15-epoch FP32 recipe on the 4,068 train+val images reached
   67.4 % test (bf16: 67.9 %); the baseline must match it (converged: val gain of the last 20 % of epochs).
-  40 epochs do not converge (60 gave +2.4-4.0 pt on two seeds, benchmarks/recorded/2026-11-30-epochs60/).
+  40 epochs do not converge (60 gave +2.4-4.0 pt on two seeds, benchmarks/recorded/2026-11-30-longer-training/).
   Whether it converged is decided by the in-run check on every seed and by the convergence probe (seed 0
   trained again for 1.5x the epochs must gain <= 0.5 pt of test accuracy; the in-run check alone passed a
   baseline 4 pt short of its 60-epoch accuracy).
