@@ -281,8 +281,11 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
         seed_acc = run_seeds(real, realistic_over, base_params, stages, work, in_process, profile, say, doc)
         save()
         if profile.probe_factor and not args.no_probe:
-            doc["convergence_probe"] = convergence_probe.run(real.workdir, realistic_over, base_params, work,
-                                                             in_process, profile.probe_factor, say)
+            probe = convergence_probe.run(real, realistic_over, base_params, work, in_process,
+                                          profile.probe_factor, say)
+            doc["convergence_probe"] = probe
+            if not probe.get("ok"):
+                doc["errors"].append(f"convergence probe: {probe.get('reason')}")
             save()
 
     # 4. plain NNCF INT8 of the unpruned baseline: the quantize stage in a side project

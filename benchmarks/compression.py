@@ -364,7 +364,7 @@ def _training(paths: Paths, seed_dirs: list[Path] | None = None, probe: dict[str
     m, flags = ms[0], [x.get("converged") for x in ms]
     gains = [x.get("val_gain_last_20pct") for x in ms]
     in_run = False if False in flags else None if None in flags else True
-    probed = (probe or {}).get("converged")
+    probed = (probe or {}).get("converged") if (probe or {}).get("ok") else None
     return {"converged": False if False in (in_run, probed) else None if None in (in_run, probed) else True,
             "in_run_converged": in_run, "val_gain": None if None in gains else max(gains),
             "val_gain_per_seed": gains, "probe": probe,
@@ -472,6 +472,7 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
     drop = None if acc(base) is None or acc(row) is None else round(acc(base) - acc(row), 4)
     training = training or {}
     probe = training.get("probe") or {}
+    probe_gain = probe.get("test_gain") if probe.get("ok") else None
     items = [
         {"name": "baseline converged (val gain over the last 20 % of epochs)", "value": training.get("val_gain"),
          "limit": training.get("max_gain"), "op": "<=", "unit": "pt",
@@ -479,7 +480,7 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
                    + (f"; gain per seed {training['val_gain_per_seed']}"
                       if len(training.get("val_gain_per_seed") or []) > 1 else "")},
         {"name": "baseline converged (convergence probe: test gain from training it longer)",
-         "value": probe.get("test_gain"), "limit": probe.get("limit", training.get("max_gain")), "op": "<=",
+         "value": probe_gain, "limit": probe.get("limit", training.get("max_gain")), "op": "<=",
          "unit": "pt", "detail": describe_probe(probe or None)
          + ("; skipped: the in-run check alone cannot show convergence under one-cycle" if not probe else "")},
         {"name": "baseline at least as accurate as the bare script", "value":

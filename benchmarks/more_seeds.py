@@ -207,6 +207,9 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
         doc["duration_s"] = round(before + added["wall_s"], 1)
         seeds["seeds"] = sorted({0, *(int(k) for k in seeds["chains"])})
         doc["settings"]["cut"] = sm.cuts(first, dataclasses.replace(profile, seeds=len(seeds["seeds"])))
+        if "convergence_probe" not in doc and not getattr(first, "no_probe", False) and profile.probe_factor:
+            doc["settings"]["cut"].append("the convergence probe: this run was made without it, and --add-seeds "
+                                          "does not run it; the baseline's convergence is not shown")
         doc["budget"] = sm.budget(doc)
         write_json(out / "benchmark.json", doc)
         (out / "benchmark.md").write_text(markdown.render(doc))

@@ -604,39 +604,69 @@ def test_targets_need_the_in_run_check_and_the_probe(tmp_path):
 def test_convergence_probe_trains_the_same_baseline_longer_on_the_same_images(tmp_path, monkeypatch):
     from benchmarks import chain as ch
     from benchmarks import convergence_probe
+    from benchmarks.more_seeds import probe_shape_problem
 
-    real = tmp_path / "work" / "realistic"
-    ch.Chain("realistic", real, {"train.epochs": 40}).setup(REPO / "params.yaml")
-    (real / "data" / "prepared").mkdir(parents=True)
-    (real / "metrics").mkdir()
-    (real / "metrics" / "train.json").write_text(json.dumps(
+    over = {"train.epochs": 40, "seed": 7}
+    real = ch.Chain("realistic", tmp_path / "work" / "realistic", over)
+    real.setup(REPO / "params.yaml")
+    real.runs["train"] = ch.StageRun("train", status="ok")  # this run's own train stage finished
+    (real.workdir / "data" / "prepared").mkdir(parents=True)
+    (real.workdir / "metrics").mkdir()
+    (real.workdir / "metrics" / "train.json").write_text(json.dumps(
         {"test_accuracy": 72.17, "val_accuracy": 75.05, "epochs_run": 40}))
     ran = []
 
-    def fake_run(self, stages, eta=None, total=None, fail=False):
-        ran.append((self.label, stages, self.params.train.epochs, (self.workdir / "data" / "prepared").resolve()))
-        self.runs["train"] = ch.StageRun("train", status="failed" if fail else "ok", wall_s=1.0)
-        if not fail:
+    def fake_run(self, stages, eta=None, total=None, status="ok", write=True):
+        ran.append((self.label, stages, self.params.train.epochs, self.params.seed,
+                    (self.workdir / "data" / "prepared").resolve()))
+        self.runs["train"] = ch.StageRun("train", status=status, wall_s=1.0)
+        if write:
             (self.workdir / "metrics").mkdir(exist_ok=True)
             (self.workdir / "metrics" / "train.json").write_text(json.dumps(
                 {"test_accuracy": 76.2, "val_accuracy": 78.0, "epochs_run": self.params.train.epochs}))
-        return not fail
+        return status == "ok"
 
-    monkeypatch.setattr(ch.Chain, "run", fake_run)
+    def probe(**fake):
+        monkeypatch.setattr(ch.Chain, "run", lambda self, *a, **k: fake_run(self, *a, **fake))
+        return convergence_probe.run(real, over, REPO / "params.yaml", tmp_path / "work", True, 1.5, lines.append)
+
     lines = []
-    probe = convergence_probe.run(real, {"train.epochs": 40}, REPO / "params.yaml", tmp_path / "work", True, 1.5,
-                                  lines.append)
-    assert ran == [("probe", ["train"], 60, (real / "data" / "prepared").resolve())]  # same images, 1.5x epochs
-    assert probe["converged"] is False and probe["epochs"] == [40, 60] and probe["wall_s"] >= 0
+    result = probe()
+    # the same seed and images (linked), 1.5x the epochs, only the train stage
+    assert ran == [("probe", ["train"], 60, 7, (real.workdir / "data" / "prepared").resolve())]
+    assert result["converged"] is False and result["epochs"] == [40, 60] and result["wall_s"] >= 0
     assert any("NOT converged" in ln for ln in lines)
-    from benchmarks.more_seeds import probe_shape_problem
+    assert probe_shape_problem(json.loads(json.dumps(result))) is None  # what it writes, --add-seeds reads back
 
-    assert probe_shape_problem(json.loads(json.dumps(probe))) is None  # what it writes, --add-seeds reads back
-
-    monkeypatch.setattr(ch.Chain, "run", lambda self, *a, **k: fake_run(self, *a, fail=True))
-    failed = convergence_probe.run(real, {"train.epochs": 40}, REPO / "params.yaml", tmp_path / "work", True, 1.5,
-                                   lines.append)  # the first probe's metrics are still there: they must not count
+    # the first probe's metrics file is still there: a stage that "succeeds" without writing must not reuse it
+    stale = probe(write=False)
+    assert stale["ok"] is False and stale["converged"] is None and "lack test_accuracy" in stale["reason"]
+    failed = probe(status="failed", write=False)
     assert failed["ok"] is False and failed["converged"] is None and "train stage failed" in failed["reason"]
-    (real / "metrics" / "train.json").unlink()
-    assert convergence_probe.run(real, {}, REPO / "params.yaml", tmp_path / "work", True, 1.5,
-                                 lines.append)["reason"].startswith("the realistic chain's baseline has no test")
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ch.Chain, "run", broken)  # whatever goes wrong, the benchmark goes on without a verdict
+    crashed = convergence_probe.run(real, over, REPO / "params.yaml", tmp_path / "work", True, 1.5, lines.append)
+    assert crashed["ok"] is False and crashed["converged"] is None and "disk full" in crashed["reason"]
+    assert probe_shape_problem(json.loads(json.dumps(crashed))) is None
+
+    real.runs["train"].status = "failed"  # a train.json left by an earlier run in the same directory
+    assert "did not finish in this run" in probe()["reason"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"ok": False}, "yet has a verdict"),  # a failed probe edited to pass
+    ({"converged": True}, "does not follow"),  # gain 4.03 > 0.5 edited to "converged"
+    ({"test_gain": 0.1}, "does not follow"),
+    ({"wall_s": "x"}, "must be numbers or null"),
+    ({"limit": float("nan")}, "must be numbers or null"),
+    ({"test_accuracy": [72.17]}, "lacks its two runs"),
+    ({"epochs": [40, True]}, "lacks its two runs"),
+])
+def test_a_hand_edited_probe_is_refused(change, message):
+    from benchmarks.convergence_probe import shape_problem
+
+    assert shape_problem(_probe(72.17, 76.20)) is None
+    assert message in (shape_problem({**_probe(72.17, 76.20), **change}) or "")
