@@ -500,6 +500,10 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     assert rows["peer_bare_pruned_kd"]["seeds"]["accuracy"] == [89.0, 90.0, 91.0]
     assert doc["budget"]["parts_s"]["external peer"] == 60.0 and doc["duration_s"] > 100.0
     assert [a["seeds"] for a in doc["added_seeds"]] == [[], [1], [2]]  # the failed try is on record
+    # a run made without the convergence probe says so: --add-seeds does not run it
+    assert any("convergence probe" in c and "does not run it" in c for c in doc["settings"]["cut"])
+    assert doc["compression"]["targets"]["items"][1]["met"] is None and "not shown" in doc["compression"][
+        "targets"]["note"]
     # a table that cannot be rebuilt keeps the seed's runs; the next call rebuilds it without training
     calls[:] = []
     monkeypatch.setattr(compression, "peer_accuracy", lambda *a: 1 / 0)
