@@ -13,7 +13,8 @@ drop is measured there; the probe selects nothing, it only says whether that com
 at its plateau. Each run's accuracy on ~1,000 test images has about 1.4 pt of sampling error; both runs are
 scored on the same images, which narrows the noise of their difference by an amount not measured here. With a
 0.5 pt limit the probe errs towards "not converged": a plateaued baseline can fail it by chance, while a gain
-like the 4.0 pt above cannot pass.
+like the 4.0 pt above cannot pass. Measured on three seeds (benchmarks/recorded/2026-11-30-h200-convergence/):
+90 -> 135 epochs gave -0.98, +1.08 and +0.49 pt (mean +0.20), so one seed's probe resolves about 1 pt, not 0.5.
 """
 from __future__ import annotations
 
