@@ -6,21 +6,21 @@ overrides are written into each work directory's params.yaml and recorded in the
 
 Settings of the realistic chain (mode `full`) and why (issue 12: accuracy at a MAC budget against a converged
 baseline and an external peer, benchmarks/reference.py, trained on the same images in the same run):
-- Baseline: ResNet-18 with the CIFAR stem at FULL width (557 M MACs, 11.2 M params), trained with
+- Baseline: ResNet-18 with the CIFAR stem at FULL width (555 M MACs, 11.2 M params), trained with
   one-cycle SGD (Nesterov, max lr 0.1), label smoothing 0.1, crop + flip, batch 128, 90 epochs, no early
   stopping (the schedule decides), bf16 autocast where the CPU has native bf16 (2x here; fp32 elsewhere, with a
   warning). 90 epochs because that is where this recipe plateaus on the CIFAR subset: 40 epochs were 2.4-4.0 pt
   short of 60 (two seeds, benchmarks/recorded/2026-11-30-longer-training/), 60 about 1 pt short of 90, and 135
   added +0.20 pt on the mean of three seeds (benchmarks/recorded/2026-11-30-h200-convergence/). It costs about
-  53 min a seed on this 2-core CPU, so the mode's 40-minute goal is not met on such a machine (the budget
-  section says so); on a GPU (`train.device: auto`) 90 epochs take minutes. Whether it converged is decided by
-  the in-run check on every seed and by the convergence probe (seed 0 trained again for 1.5x the epochs must
-  gain <= 0.5 pt of test accuracy; the in-run check alone passed a baseline 4 pt short of its 60-epoch
-  accuracy).
+  53 min a seed on this 2-core CPU, so the mode's 40-minute goal is not met on such a machine
+  (benchmark.json's `budget` says by how much); on a GPU (`train.device: auto`) 90 epochs take minutes.
+  Whether it converged is decided by the in-run check on every seed and by the convergence probe (seed 0
+  trained again for 1.5x the epochs must gain <= 0.5 pt of test accuracy; the in-run check alone passed a
+  baseline 4 pt short of its 60-epoch accuracy).
 - Pruning 68 % of the channels of every layer (L1, block-aligned to 8, nothing protected) leaves ~9 % of the
   MACs, then 40 epochs of KD fine-tuning from the baseline (from seed 0's 90-epoch baseline, 77.58 %: 15 epochs
   reached 74.53 %, 40 reached 76.89 %), 2 of cluster-preserving fine-tuning. INT8 quantizes the fine-tuned
-  model, not the clustered one: 16-value clustering cost 0.9 and 1.2 pt on seeds 0 and 1 (90-epoch baselines),
+  model, not the clustered one: 16-value clustering cost 0.88 and 1.18 pt on seeds 0 and 1 (90-epoch baselines),
   OpenVINO INT8 of the unclustered model -0.1 and +0.5 pt, and INT8 alone already makes it 36x smaller than
   the FP32 ONNX baseline; the clustered model stays an FP32 candidate.
 - Distillation student: the 6-conv small_cnn at width 2 (39 M MACs, 7 % of the baseline's), taught by the
