@@ -8,6 +8,7 @@
     python -m benchmarks --search-result sweeps/search/search.json   # the search's pick as the release
     python -m benchmarks --add-seeds DIR --seeds 3   # more seeds for the finished run in DIR (its work/ kept)
     python -m benchmarks --no-probe      # skip the convergence probe (seed 0's baseline again, 1.5x the epochs)
+    python -m benchmarks --jobs 6        # a GPU machine: train the seeds, the peer and the probe side by side
 
 Writes DIR/benchmark.json and DIR/benchmark.md (DIR = --out, default benchmarks/results/<timestamp>-<mode>/)
 plus the work directories of every chain under DIR/work/. See benchmarks/README.md.
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-probe", action="store_true",
                    help="skip the convergence probe (seed 0's baseline trained again for 1.5x the epochs); the "
                         "baseline's convergence is then not shown and the targets cannot all be met")
+    p.add_argument("--jobs", type=in_range(1, 32), default=1, metavar="N",
+                   help="training processes at a time (default 1): on a GPU or a many-core machine the "
+                        "realistic chain, the peer's seeds, the pipeline's other seeds and the probe train side by "
+                        "side; latency is still measured afterwards, alone. On a 2-core CPU keep 1: processes "
+                        "sharing cores slow each other down more than they gain")
     p.add_argument("--skip-digits", action="store_true", help="skip the default (digits) chain's cost run")
     p.add_argument("--skip-throughput", action="store_true", help="skip train stage vs bare loop")
     p.add_argument("--in-process", action="store_true", default=None,
@@ -158,6 +164,10 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     from edgeopt.params import load_params
 
     in_process = profile.in_process if args.in_process is None else args.in_process
+    if args.jobs > 1 and in_process:
+        print("benchmark: error: --jobs runs stages side by side in their own processes; drop --in-process (or "
+              "--smoke, which runs in-process) or use --jobs 1", file=sys.stderr)
+        return 2
     base_params = Path(args.params).resolve()
     started = dt.datetime.now().astimezone()
     t0 = time.perf_counter()
@@ -181,6 +191,7 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
         "settings": {"budget_s": profile.budget_s, "data": {k: v for k, v in data.items() if k != "overrides"},
                      "notes": list(profile.notes) + ([data["note"]] if data["source"] == "digits" else []),
                      "execution": "in-process" if in_process else "subprocess per stage",
+                     "jobs": args.jobs,
                      "overrides": {"realistic": realistic_over, "digits": digits_over},
                      "search": searched},
         "compression": None, "cost": {}, "training_throughput": None, "errors": []}
@@ -195,6 +206,11 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
         write_json(json_path, doc)
         md_path.write_text(markdown.render(doc))
 
+    if args.jobs > 1:
+        doc["settings"]["notes"].append(
+            f"--jobs {args.jobs}: the training work ran {args.jobs} processes at a time, so each stage's wall time "
+            "includes waiting for the others (the run's duration is the figure to compare); latency and the "
+            "bench stage ran afterwards, alone")
     hw = doc["environment"]["hardware"]
     load = (hw.get("load_average_at_start") or [0.0])[0]
     if load > 0.5 * hw["cores"]:
@@ -261,7 +277,15 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
             say(f"[throughput] failed: {exc}")
             traceback.print_exc()
         save()
-    if ok:
+    side_by_side = ok and args.jobs > 1
+    peers, seed_acc = [], {}
+    if side_by_side:
+        from benchmarks.seed_runs import train_side_by_side
+
+        peers, seed_acc = train_side_by_side(real, stages, est, args.jobs, realistic_over, base_params, work,
+                                             profile, bool(profile.probe_factor) and not args.no_probe, say, doc)
+        real.run(stages[stages.index("bench"):], est, total=len(stages))
+    elif ok:
         real.run(stages[2:], est, total=len(stages))
     doc["cost"]["realistic"] = real.summary()
     train_m = real.metrics("train") or {}
@@ -274,8 +298,8 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     save()
 
     # 3b. the external peer (benchmarks/reference.py) and other training seeds, on the same prepared images
-    peers, seed_acc = [], {}
-    if (real.workdir / "data" / "prepared" / "meta.json").is_file():
+    # (with --jobs they trained above, beside the realistic chain)
+    if not side_by_side and (real.workdir / "data" / "prepared" / "meta.json").is_file():
         peers = run_reference(real.workdir / "data" / "prepared", work / "reference", profile, say, doc)
         save()
         seed_acc = run_seeds(real, realistic_over, base_params, stages, work, in_process, profile, say, doc)

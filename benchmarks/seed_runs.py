@@ -76,3 +76,47 @@ def pipeline_seed(real_workdir: Path, overrides: dict[str, Any], base_params: Pa
     if train.get("test_accuracy") is not None:
         accs[PYTORCH_ROW] = round(train["test_accuracy"], 4)
     return c.summary(), accs
+
+
+def train_side_by_side(real, stages: list[str], est, jobs: int, overrides: dict[str, Any], base_params: Path,
+                       work: Path, profile, probe: bool, say, doc: dict[str, Any]) -> tuple[list, dict]:
+    """--jobs N > 1 (a GPU, or many cores): the realistic chain up to evaluate, every seed of the peer, seeds 1..
+    of the pipeline and the convergence probe as N processes at a time; what `run_reference`, `run_seeds` and the
+    probe do one after another. The realistic chain's bench .. report are left to the caller, to run alone: no
+    latency is measured while anything trains. Returns (the peer's runs, {row: [accuracy of seed 1, ...]})."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks import convergence_probe
+    from benchmarks.compression import record_seed
+
+    prepared = real.workdir / "data" / "prepared"
+    first, last = stages.index("train"), stages.index("bench")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        def realistic():
+            real.run(stages[first:first + 1], est, total=len(stages))
+            # the probe compares with this train stage, so it starts once that is done
+            found = (pool.submit(convergence_probe.run, real, overrides, base_params, work, False,
+                                 profile.probe_factor, say) if probe else None)
+            real.run(stages[first + 1:last], est, total=len(stages))
+            return found
+
+        chain = pool.submit(realistic)
+        peers = [pool.submit(reference_seed, prepared, work / "reference", s, profile, say, doc)
+                 for s in range(profile.seeds)]
+        seeds = [pool.submit(pipeline_seed, real.workdir, overrides, base_params, stages, work, False, s, say)
+                 for s in range(1, profile.seeds)]
+        probe_run = chain.result()
+        runs = [f.result() for f in peers]
+        doc["reference"] = runs[:runs.index(None)] if None in runs else runs  # as run_reference: 0..k-1
+        accs: dict[str, list[float | None]] = {}
+        doc["seeds"] = {"seeds": list(range(profile.seeds)), "chains": {}}
+        for seed, f in enumerate(seeds, start=1):
+            summary, seed_accs = f.result()
+            doc["seeds"]["chains"][str(seed)] = summary
+            record_seed(accs, seed_accs)
+        doc["seeds"]["accuracy"] = accs
+        if probe_run is not None:
+            doc["convergence_probe"] = probe_run.result()
+            if not doc["convergence_probe"].get("ok"):
+                doc["errors"].append(f"convergence probe: {doc['convergence_probe'].get('reason')}")
+    return doc["reference"], accs

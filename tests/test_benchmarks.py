@@ -674,3 +674,71 @@ def test_a_hand_edited_probe_is_refused(change, message):
 
     assert shape_problem(_probe(72.17, 76.20)) is None
     assert message in (shape_problem({**_probe(72.17, 76.20), **change}) or "")
+
+
+def test_jobs_train_side_by_side_then_leave_latency_to_run_alone(tmp_path, monkeypatch):
+    """--jobs N: the realistic chain, every peer seed, seeds 1.. and the probe are in flight together (a barrier
+    that only N concurrent tasks pass), the probe starts after the realistic train stage, bench .. report are
+    left to the caller, and the doc reads as a one-at-a-time run's would (seed order, peers 0..k-1)."""
+    import dataclasses
+    import threading
+
+    from benchmarks import chain as ch
+    from benchmarks import convergence_probe, seed_runs
+    from benchmarks.profiles import SMOKE
+
+    profile = dataclasses.replace(SMOKE, seeds=3)
+    real = ch.Chain("realistic", tmp_path / "work" / "realistic", {"train.epochs": 1})
+    real.setup(REPO / "params.yaml")
+    stages = stage_names(REPO)
+    together = threading.Barrier(6, timeout=20)  # realistic + 3 peers + 2 seeds; the probe comes later
+    ran, order = [], []
+
+    def fake_chain_run(self, names, eta=None, total=None):
+        if names[0] == "train":
+            together.wait()  # fails (BrokenBarrierError) unless all six run at once
+        ran.extend(names)
+        for n in names:
+            self.runs[n] = ch.StageRun(n, status="ok")
+        return True
+
+    def fake_peer(prepared, out, seed, profile, say, doc):
+        together.wait()
+        order.append(("peer", seed))
+        return None if seed == 1 else {"seed": seed}  # seed 1 fails: the peers stop at 0, as one at a time
+
+    def fake_seed(workdir, overrides, base, stages, work, in_process, seed, say):
+        together.wait()
+        assert in_process is False
+        if seed == 1:
+            threading.Event().wait(0.3)  # seed 2 finishes first: the doc keeps seed order anyway
+        order.append(("seed", seed))
+        return {"ok": True, "workdir": str(work / f"seed{seed}")}, {"row": float(seed)}
+
+    def fake_probe(real_, overrides, base, work, in_process, factor, say):
+        assert real_.runs["train"].status == "ok" and in_process is False
+        return {"ok": False, "converged": None, "reason": "fake"}
+
+    monkeypatch.setattr(ch.Chain, "run", fake_chain_run)
+    monkeypatch.setattr(seed_runs, "reference_seed", fake_peer)
+    monkeypatch.setattr(seed_runs, "pipeline_seed", fake_seed)
+    monkeypatch.setattr(convergence_probe, "run", fake_probe)
+    doc = {"errors": []}
+    peers, accs = seed_runs.train_side_by_side(real, stages, None, 7, {}, REPO / "params.yaml", tmp_path / "work",
+                                               profile, True, print, doc)
+    assert ran == stages[stages.index("train"):stages.index("bench")]  # bench .. report: not here
+    assert peers == [{"seed": 0}] == doc["reference"]
+    assert list(doc["seeds"]["chains"]) == ["1", "2"] and accs == {"row": [1.0, 2.0]}
+    assert order.index(("seed", 2)) < order.index(("seed", 1))
+    assert doc["convergence_probe"]["reason"] == "fake" and doc["errors"] == ["convergence probe: fake"]
+
+    doc = {"errors": []}  # no probe asked for: none run
+    seed_runs.train_side_by_side(real, stages, None, 7, {}, REPO / "params.yaml", tmp_path / "work", profile,
+                                 False, print, doc)
+    assert "convergence_probe" not in doc
+
+
+@pytest.mark.parametrize("argv", [["--smoke", "--jobs", "2"], ["--quick", "--in-process", "--jobs", "3"]])
+def test_jobs_refuse_in_process_stages(tmp_path, capsys, argv):
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    assert "--jobs runs stages side by side in their own processes" in capsys.readouterr().err
