@@ -122,7 +122,8 @@ def render(doc: dict[str, Any]) -> str:
     if b:
         parts = ", ".join(f"{k} {v:,.0f} s" for k, v in (b.get("parts_s") or {}).items())
         longest = ", ".join(f"{k} {v:,.0f} s" for k, v in (b.get("longest_stages_s") or {}).items())
-        out.append(f"- time goal {'met' if b.get('met') else '**NOT MET**'}: {_n(b.get('took_s'), ',.0f')} s of "
+        verdict = {True: "met", False: "**NOT MET**"}.get(b.get("met"), "not judged (the run has errors or no table)")
+        out.append(f"- time goal {verdict}: {_n(b.get('took_s'), ',.0f')} s of "
                    f"{_n(b.get('goal_s'), ',.0f')} s; {parts}; longest stages: {longest}")
     for add in doc.get("added_seeds") or []:
         at = (add.get("git") or {}).get("short")

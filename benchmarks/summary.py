@@ -28,7 +28,8 @@ def cuts(args: argparse.Namespace, profile) -> list[str]:
 
 def budget(doc: dict[str, Any]) -> dict[str, Any]:
     """The mode's wall-time goal against what took the time: each chain, the peer's seeds, the rest (latency
-    rounds, accuracy of every row), and the longest stages; `over_s` > 0 when the goal was missed."""
+    rounds, accuracy of every row), and the longest stages; `over_s` > 0 when the goal was missed. `met` is None
+    (not judged) for a run under the goal that has errors or no compression table."""
     parts = {f"chain {k}": c.get("total_wall_s") or 0.0 for k, c in (doc.get("cost") or {}).items()}
     parts["external peer"] = sum(r.get("wall_s") or 0.0 for r in doc.get("reference") or [])
     parts.update({f"seed {k} (train .. evaluate)": c.get("total_wall_s") or 0.0
@@ -41,7 +42,10 @@ def budget(doc: dict[str, Any]) -> dict[str, Any]:
     parts["measuring the rows and the rest"] = max(0.0, total - sum(parts.values()))
     stages = [(f"{label}: {name}", st.get("wall_s") or 0.0) for label, c in (doc.get("cost") or {}).items()
               for name, st in (c.get("stages") or {}).items()]
-    return {"goal_s": goal, "took_s": total, "over_s": round(total - goal, 1), "met": total <= goal,
+    # under the goal proves nothing when the run stopped early or skipped work after an error
+    finished = not doc.get("errors") and bool((doc.get("compression") or {}).get("rows"))
+    return {"goal_s": goal, "took_s": total, "over_s": round(total - goal, 1),
+            "met": False if total > goal else True if finished else None,
             "parts_s": {k: round(v, 1) for k, v in parts.items() if v},
             "longest_stages_s": {k: round(v, 1) for k, v in sorted(stages, key=lambda kv: -kv[1])[:3]}}
 

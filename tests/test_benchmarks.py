@@ -179,6 +179,15 @@ def test_budget_names_what_took_the_time_and_what_was_left_out():
     md = markdown.render({**doc, "reference": [], "budget": b, "settings": {**doc["settings"], "cut": left}})
     assert "time goal **NOT MET**: 3,000 s of 2,400 s" in md and "left out of this run: 1 training seed(s)" in md
 
+    # under the goal: met only for a finished run; one that stopped at an error is not judged
+    quick = {**doc, "duration_s": 600.0, "errors": [], "compression": {"rows": [{"name": "x"}]}}
+    assert budget(quick)["met"] is True
+    for broken in ({"errors": ["realistic chain failed: sensitivity: ..."]}, {"compression": None}):
+        b = budget({**quick, **broken})
+        assert b["met"] is None
+        assert "time goal not judged (the run has errors or no table): 600 s" in markdown.render(
+            {**quick, **broken, "reference": [], "budget": b})
+
 
 def test_bad_search_result_exits_2_before_anything_runs(tmp_path, capsys):
     out = tmp_path / "bench"
