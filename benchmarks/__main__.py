@@ -208,9 +208,9 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
 
     if args.jobs > 1:
         doc["settings"]["notes"].append(
-            f"--jobs {args.jobs}: the training work ran {args.jobs} processes at a time, so each stage's wall time "
-            "includes waiting for the others (the run's duration is the figure to compare); latency and the "
-            "bench stage ran afterwards, alone")
+            f"--jobs {args.jobs}: the training work ran {args.jobs} processes at a time, each on its share of the "
+            "cores, so each stage's wall time includes sharing the machine (the run's duration is the figure to "
+            "compare); latency and the bench stage ran afterwards, alone, on every core")
     hw = doc["environment"]["hardware"]
     load = (hw.get("load_average_at_start") or [0.0])[0]
     if load > 0.5 * hw["cores"]:

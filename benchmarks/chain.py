@@ -84,6 +84,7 @@ class Chain:
     say: Callable[[str], None] = print
     runs: dict[str, StageRun] = field(default_factory=dict)
     params: Params | None = None
+    cpus: frozenset[int] | None = None  # --jobs: the cores its stage processes may use (None: every core)
 
     @property
     def params_file(self) -> Path:
@@ -154,6 +155,7 @@ class Chain:
         with open(log, "wb") as fh:
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            confine(proc.pid, self.cpus)
             try:
                 _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage (fallback for memory)
             except BaseException:
@@ -207,11 +209,19 @@ class Chain:
                 "ok": not self._blocked()}
 
 
+def confine(pid: int, cpus: frozenset[int] | None) -> None:
+    """Keep a just-started process (and the threads it starts: torch, OpenMP and OpenVINO size their pools by
+    it) on `cpus`; None leaves it on every core."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):  # it already exited
+            os.sched_setaffinity(pid, cpus)
+
+
 def linked_chain(label: str, workdir: Path, overrides: dict[str, Any], real_workdir: Path, in_process: bool,
-                 say: Callable[[str], None], base_params: Path) -> Chain:
+                 say: Callable[[str], None], base_params: Path, cpus: frozenset[int] | None = None) -> Chain:
     """A chain in `workdir` set up with `overrides` whose data/prepared links to the realistic chain's (the same
-    images and splits, not copied)."""
-    c = Chain(label, workdir, overrides, in_process, say)
+    images and splits, not copied); `cpus`: the cores its stages may use (--jobs)."""
+    c = Chain(label, workdir, overrides, in_process, say, cpus=cpus)
     c.setup(base_params)
     (c.workdir / "data").mkdir(exist_ok=True)
     link = c.workdir / "data" / "prepared"

@@ -18,7 +18,6 @@ batched throughput (all cores) is reported separately.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,9 @@ SIDE_SOURCE = "finetuned"  # the side project's quantize.source slot that holds 
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from edgeopt.runtime import usable_cores
+
+    return usable_cores()
 
 
 # --- plain INT8 of the unpruned baseline --------------------------------------------------------------------

@@ -32,7 +32,7 @@ def probe_epochs(epochs: int, factor: float) -> int:
 
 
 def run(real, overrides: dict[str, Any], base_params: Path, work: Path, in_process: bool, factor: float,
-        say) -> dict[str, Any]:
+        say, cpus: frozenset[int] | None = None) -> dict[str, Any]:
     """Train the baseline of `real` (the realistic benchmarks.chain.Chain, its train stage run by this
     benchmark) for `factor` times its epochs in work/probe/ and compare; the result goes into benchmark.json as
     `convergence_probe`. Never raises: a probe that could not run says why (ok false, converged null)."""
@@ -46,7 +46,7 @@ def run(real, overrides: dict[str, Any], base_params: Path, work: Path, in_proce
         return failed("the realistic chain's train stage did not finish in this run: no baseline to compare")
     t0 = time.perf_counter()
     try:
-        c = _train_longer(real, overrides, base_params, work, in_process, factor, say)
+        c = _train_longer(real, overrides, base_params, work, in_process, factor, say, cpus)
     except Exception as exc:  # after hours of training, the rest of the benchmark must still run
         return {**failed(f"{type(exc).__name__}: {exc}"), "wall_s": round(time.perf_counter() - t0, 1)}
     if c.summary()["ok"]:
@@ -59,7 +59,7 @@ def run(real, overrides: dict[str, Any], base_params: Path, work: Path, in_proce
 
 
 def _train_longer(real, overrides: dict[str, Any], base_params: Path, work: Path, in_process: bool,
-                  factor: float, say):
+                  factor: float, say, cpus: frozenset[int] | None = None):
     from benchmarks import chain as ch
 
     # the schedule's length as configured: a run cut short by early stopping still had that schedule
@@ -68,7 +68,7 @@ def _train_longer(real, overrides: dict[str, Any], base_params: Path, work: Path
     say(f"[probe] is the baseline converged? training it again for {longer} epochs instead of {epochs} "
         f"(same seed and images)")
     c = ch.linked_chain(PROBE_ROOT, work / PROBE_ROOT, {**overrides, "train.epochs": longer}, real.workdir,
-                        in_process, say, base_params)
+                        in_process, say, base_params, cpus)
     (c.workdir / "metrics" / "train.json").unlink(missing_ok=True)  # an earlier probe's must not count
     c.run(["train"], ch.Estimator(c, {}))
     return c

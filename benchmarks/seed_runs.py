@@ -2,6 +2,7 @@
 evaluate, one seed at a time, on the realistic chain's prepared images (the test split stays the same)."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,19 +25,26 @@ def run_reference(prepared: Path, out: Path, profile, say, doc: dict[str, Any]) 
     return runs
 
 
-def reference_seed(prepared: Path, out: Path, seed: int, profile, say, doc: dict[str, Any]) -> dict[str, Any] | None:
-    """One seed of the external peer in its own process; None (and an entry in doc["errors"]) when it failed."""
+def reference_seed(prepared: Path, out: Path, seed: int, profile, say, doc: dict[str, Any],
+                   cpus: frozenset[int] | None = None) -> dict[str, Any] | None:
+    """One seed of the external peer in its own process (on `cpus`, --jobs: its share of the cores); None (and an
+    entry in doc["errors"]) when it failed."""
     import json
     import subprocess
+
+    from benchmarks.chain import confine
 
     epochs, kd_epochs = profile.reference_epochs
     say(f"[reference] seed {seed}: bare ResNet-18 script {epochs} epochs, then prune 50 % + {kd_epochs} epochs KD")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
-                           str(seed), str(epochs), str(kd_epochs)], cwd=REPO, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
+                             str(seed), str(epochs), str(kd_epochs)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    confine(proc.pid, cpus)
+    stdout, stderr = proc.communicate()
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
     if proc.returncode != 0 or line is None:
-        doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {stderr.strip()[-500:]}")
         say(f"[reference] seed {seed}: failed")
         return None
     run = {**json.loads(line.split(" ", 1)[1]), "wall_s": round(time.perf_counter() - t0, 1)}
@@ -61,14 +69,16 @@ def run_seeds(real, overrides: dict[str, Any], base_params: Path, stages: list[s
 
 
 def pipeline_seed(real_workdir: Path, overrides: dict[str, Any], base_params: Path, stages: list[str], work: Path,
-                  in_process: bool, seed: int, say) -> tuple[dict[str, Any], dict[str, float]]:
-    """train .. evaluate with `seed` on the realistic chain's prepared images (linked, not copied). Returns the
-    chain's cost summary and {row name: test accuracy} (the candidates in their runtime, PyTorch for the baseline)."""
+                  in_process: bool, seed: int, say, cpus: frozenset[int] | None = None
+                  ) -> tuple[dict[str, Any], dict[str, float]]:
+    """train .. evaluate with `seed` on the realistic chain's prepared images (linked, not copied), its stages on
+    `cpus` (--jobs). Returns the chain's cost summary and {row name: test accuracy} (the candidates in their
+    runtime, PyTorch for the baseline)."""
     from benchmarks import chain as ch
     from benchmarks.compression import PYTORCH_ROW
 
     c = ch.linked_chain(f"seed{seed}", work / f"seed{seed}", {**overrides, "seed": seed}, real_workdir,
-                        in_process, say, base_params)
+                        in_process, say, base_params, cpus)
     c.run(stages[stages.index("train"):stages.index("evaluate") + 1], ch.Estimator(c, {}))
     accs = {name: round(row["accuracy"], 4) for name, row in ((c.metrics("evaluate") or {}).get("candidates")
                                                                 or {}).items() if row.get("accuracy") is not None}
@@ -78,12 +88,28 @@ def pipeline_seed(real_workdir: Path, overrides: dict[str, Any], base_params: Pa
     return c.summary(), accs
 
 
+def core_shares(jobs: int) -> list[frozenset[int] | None]:
+    """This process's cores in `jobs` near-equal, disjoint shares (one core each, reused round-robin, when there
+    are fewer cores than jobs); [None] * jobs where the OS cannot pin processes."""
+    if not hasattr(os, "sched_getaffinity"):
+        return [None] * jobs
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs >= len(cores):
+        return [frozenset({cores[i % len(cores)]}) for i in range(jobs)]
+    size, extra = divmod(len(cores), jobs)
+    bounds = [i * size + min(i, extra) for i in range(jobs + 1)]
+    return [frozenset(cores[bounds[i]:bounds[i + 1]]) for i in range(jobs)]
+
+
 def train_side_by_side(real, stages: list[str], est, jobs: int, overrides: dict[str, Any], base_params: Path,
                        work: Path, profile, probe: bool, say, doc: dict[str, Any]) -> tuple[list, dict]:
     """--jobs N > 1 (a GPU, or many cores): the realistic chain up to evaluate, every seed of the peer, seeds 1..
-    of the pipeline and the convergence probe as N processes at a time; what `run_reference`, `run_seeds` and the
-    probe do one after another. The realistic chain's bench .. report are left to the caller, to run alone: no
-    latency is measured while anything trains. Returns (the peer's runs, {row: [accuracy of seed 1, ...]})."""
+    of the pipeline and the convergence probe as N processes at a time, each on its own share of the cores
+    (stage processes size their thread pools by it, instead of N pools of every core fighting); what
+    `run_reference`, `run_seeds` and the probe do one after another. The realistic chain's bench .. report are
+    left to the caller, to run alone on every core: no latency is measured while anything trains. Returns (the
+    peer's runs, {row: [accuracy of seed 1, ...]})."""
+    import queue
     from concurrent.futures import ThreadPoolExecutor
 
     from benchmarks import convergence_probe
@@ -91,20 +117,35 @@ def train_side_by_side(real, stages: list[str], est, jobs: int, overrides: dict[
 
     prepared = real.workdir / "data" / "prepared"
     first, last = stages.index("train"), stages.index("bench")
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for share in core_shares(jobs):
+        free.put(share)
+
+    def on_a_share(fn, *args):
+        share = free.get()  # as many shares as workers: one is always free for a running task
+        try:
+            return fn(*args, cpus=share)
+        finally:
+            free.put(share)
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        def realistic():
-            real.run(stages[first:first + 1], est, total=len(stages))
-            # the probe compares with this train stage, so it starts once that is done
-            found = (pool.submit(convergence_probe.run, real, overrides, base_params, work, False,
-                                 profile.probe_factor, say) if probe else None)
-            real.run(stages[first + 1:last], est, total=len(stages))
+        def realistic(cpus):
+            real.cpus = cpus
+            try:
+                real.run(stages[first:first + 1], est, total=len(stages))
+                # the probe compares with this train stage, so it starts once that is done
+                found = (pool.submit(on_a_share, convergence_probe.run, real, overrides, base_params, work, False,
+                                     profile.probe_factor, say) if probe else None)
+                real.run(stages[first + 1:last], est, total=len(stages))
+            finally:
+                real.cpus = None  # bench .. report: every core
             return found
 
-        chain = pool.submit(realistic)
-        peers = [pool.submit(reference_seed, prepared, work / "reference", s, profile, say, doc)
+        chain = pool.submit(on_a_share, realistic)
+        peers = [pool.submit(on_a_share, reference_seed, prepared, work / "reference", s, profile, say, doc)
                  for s in range(profile.seeds)]
-        seeds = [pool.submit(pipeline_seed, real.workdir, overrides, base_params, stages, work, False, s, say)
-                 for s in range(1, profile.seeds)]
+        seeds = [pool.submit(on_a_share, pipeline_seed, real.workdir, overrides, base_params, stages, work, False,
+                             s, say) for s in range(1, profile.seeds)]
         probe_run = chain.result()
         runs = [f.result() for f in peers]
         doc["reference"] = runs[:runs.index(None)] if None in runs else runs  # as run_reference: 0..k-1

@@ -41,17 +41,16 @@ TARGET_OVERHEAD_PCT = 10.0
 
 def bare_loop(prepared: Path, params: Params, epochs: int, max_batches: int = 0) -> dict[str, Any]:
     """Plain PyTorch: preloaded tensors, shuffled batches, SGD. No edgeopt training code."""
-    import os
-
     import torch
     import torch.nn.functional as F
 
     from edgeopt.arrays import load_meta, open_split
     from edgeopt.models import build_model, config_for
+    from edgeopt.runtime import usable_cores  # the cores the stage gets too
 
     t = params.train
     torch.manual_seed(params.seed)
-    torch.set_num_threads(t.threads or os.cpu_count() or 1)
+    torch.set_num_threads(t.threads or usable_cores())
     meta = load_meta(prepared)
     images, labels = open_split(prepared, "train")
     mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
@@ -166,9 +165,10 @@ def pipeline(prepared: Path, params: Params, repeats: int = 3, max_batches: int 
     import torch.nn.functional as F
 
     from edgeopt.models import build_model, config_for
+    from edgeopt.runtime import usable_cores
     from edgeopt.training import Splits
 
-    torch.set_num_threads(params.train.threads or os.cpu_count() or 1)
+    torch.set_num_threads(params.train.threads or usable_cores())
     splits = Splits.load(prepared)
     images, labels = splits.train
     kind = splits.augment_kind(params.train.augment)

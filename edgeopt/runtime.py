@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,6 @@ def runtime_versions() -> dict[str, str | None]:
 
 def hardware_info() -> dict[str, Any]:
     """What a latency number was measured on: CPU model, cores, machine, OS."""
-    import os
-
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -76,9 +75,14 @@ def hardware_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {"cpu": cpu or "unknown", "cores": cores, "machine": platform.machine(), "system": platform.system(),
-            "python": platform.python_version()}
+    return {"cpu": cpu or "unknown", "cores": usable_cores(), "machine": platform.machine(),
+            "system": platform.system(), "python": platform.python_version()}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's cpuset, `taskset`, a benchmark job's
+    share of the machine), not every core the machine has; os.cpu_count() counts those."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _import_runtime(runtime: str):

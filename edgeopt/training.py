@@ -24,13 +24,14 @@ from edgeopt.arrays import load_meta, normalize, open_split
 from edgeopt.batches import augment_batch, batch_loader
 from edgeopt.candidates import input_shape
 from edgeopt.models import load_checkpoint
+from edgeopt.runtime import usable_cores
 
 
 def set_seed(seed: int, threads: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or usable_cores())
 
 
 @dataclass

@@ -687,8 +687,9 @@ def test_a_hand_edited_probe_is_refused(change, message):
 
 def test_jobs_train_side_by_side_then_leave_latency_to_run_alone(tmp_path, monkeypatch):
     """--jobs N: the realistic chain, every peer seed, seeds 1.. and the probe are in flight together (a barrier
-    that only N concurrent tasks pass), the probe starts after the realistic train stage, bench .. report are
-    left to the caller, and the doc reads as a one-at-a-time run's would (seed order, peers 0..k-1)."""
+    that only concurrent tasks pass), each on its own share of the cores, the probe starts after the realistic
+    train stage, bench .. report are left to the caller (on every core), and the doc reads as a one-at-a-time
+    run's would (seed order, peers 0..k-1)."""
     import dataclasses
     import threading
 
@@ -696,27 +697,31 @@ def test_jobs_train_side_by_side_then_leave_latency_to_run_alone(tmp_path, monke
     from benchmarks import convergence_probe, seed_runs
     from benchmarks.profiles import SMOKE
 
+    monkeypatch.setattr(seed_runs.os, "sched_getaffinity", lambda pid: set(range(14)), raising=False)
     profile = dataclasses.replace(SMOKE, seeds=3)
     real = ch.Chain("realistic", tmp_path / "work" / "realistic", {"train.epochs": 1})
     real.setup(REPO / "params.yaml")
     stages = stage_names(REPO)
     together = threading.Barrier(6, timeout=20)  # realistic + 3 peers + 2 seeds; the probe comes later
-    ran, order = [], []
+    ran, order, held = [], [], {}
 
     def fake_chain_run(self, names, eta=None, total=None):
         if names[0] == "train":
+            held["realistic"] = self.cpus
             together.wait()  # fails (BrokenBarrierError) unless all six run at once
         ran.extend(names)
         for n in names:
             self.runs[n] = ch.StageRun(n, status="ok")
         return True
 
-    def fake_peer(prepared, out, seed, profile, say, doc):
+    def fake_peer(prepared, out, seed, profile, say, doc, cpus=None):
+        held[f"peer{seed}"] = cpus
         together.wait()
         order.append(("peer", seed))
         return None if seed == 1 else {"seed": seed}  # seed 1 fails: the peers stop at 0, as one at a time
 
-    def fake_seed(workdir, overrides, base, stages, work, in_process, seed, say):
+    def fake_seed(workdir, overrides, base, stages, work, in_process, seed, say, cpus=None):
+        held[f"seed{seed}"] = cpus
         together.wait()
         assert in_process is False
         if seed == 1:
@@ -724,8 +729,8 @@ def test_jobs_train_side_by_side_then_leave_latency_to_run_alone(tmp_path, monke
         order.append(("seed", seed))
         return {"ok": True, "workdir": str(work / f"seed{seed}")}, {"row": float(seed)}
 
-    def fake_probe(real_, overrides, base, work, in_process, factor, say):
-        assert real_.runs["train"].status == "ok" and in_process is False
+    def fake_probe(real_, overrides, base, work, in_process, factor, say, cpus=None):
+        assert real_.runs["train"].status == "ok" and in_process is False and cpus
         return {"ok": False, "converged": None, "reason": "fake"}
 
     monkeypatch.setattr(ch.Chain, "run", fake_chain_run)
@@ -736,6 +741,9 @@ def test_jobs_train_side_by_side_then_leave_latency_to_run_alone(tmp_path, monke
     peers, accs = seed_runs.train_side_by_side(real, stages, None, 7, {}, REPO / "params.yaml", tmp_path / "work",
                                                profile, True, print, doc)
     assert ran == stages[stages.index("train"):stages.index("bench")]  # bench .. report: not here
+    assert real.cpus is None  # ... and they get every core
+    shares = list(held.values())  # the six that ran at once: 2 of the 14 cores each, none shared
+    assert len(shares) == 6 and all(len(c) == 2 for c in shares) and len(set().union(*shares)) == 12
     assert peers == [{"seed": 0}] == doc["reference"]
     assert list(doc["seeds"]["chains"]) == ["1", "2"] and accs == {"row": [1.0, 2.0]}
     assert order.index(("seed", 2)) < order.index(("seed", 1))
@@ -745,6 +753,45 @@ def test_jobs_train_side_by_side_then_leave_latency_to_run_alone(tmp_path, monke
     seed_runs.train_side_by_side(real, stages, None, 7, {}, REPO / "params.yaml", tmp_path / "work", profile,
                                  False, print, doc)
     assert "convergence_probe" not in doc
+
+
+def test_core_shares_split_the_cores_a_job_may_use(monkeypatch):
+    from benchmarks import seed_runs
+
+    monkeypatch.setattr(seed_runs.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    shares = seed_runs.core_shares(7)
+    assert [len(s) for s in shares] == [3, 3, 2, 2, 2, 2, 2] and set().union(*shares) == set(range(16))
+    monkeypatch.setattr(seed_runs.os, "sched_getaffinity", lambda pid: {4, 9}, raising=False)
+    assert seed_runs.core_shares(3) == [{4}, {9}, {4}]  # more jobs than cores: reused round-robin
+
+
+def test_a_stage_process_runs_on_its_share_and_sizes_torch_by_it(tmp_path, monkeypatch):
+    """The chain pins its stage process to `cpus`; edgeopt's training sizes torch's threads by the cores it may
+    use (a container's cpuset, a --jobs share), not by every core of the machine."""
+    import os
+
+    import torch
+
+    from benchmarks import chain as ch
+    from edgeopt import training
+
+    core = min(os.sched_getaffinity(0))
+    monkeypatch.setattr(ch, "CLI_WITH_HWM", "import os, time; time.sleep(0.5); print(sorted(os.sched_getaffinity(0)))")
+    c = ch.Chain("pinned", tmp_path, {}, cpus=frozenset({core}))
+    (tmp_path / "logs").mkdir()
+    run = ch.StageRun("train")
+    c._run_subprocess(run)
+    assert run.exit_code == 0 and (tmp_path / "logs" / "train.log").read_text().strip() == f"[{core}]"
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(training, "usable_cores", lambda: 1)
+    try:
+        training.set_seed(0)
+        assert torch.get_num_threads() == 1
+        training.set_seed(0, threads=2)  # train.threads, when set, still wins
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("argv", [["--smoke", "--jobs", "2"], ["--quick", "--in-process", "--jobs", "3"]])
