@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,40 @@ CLI_WITH_HWM = (
     "        pass\n"
     "atexit.register(_hwm)\n"
     "runpy.run_module('edgeopt.cli', run_name='__main__', alter_sys=True)\n")
+
+
+# stage processes running now (--jobs runs several from threads): a Ctrl-C in the main thread stops them all
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def start(cmd: list[str], cpus: frozenset[int] | None, **kw) -> subprocess.Popen:
+    """Popen, confined to `cpus` (with OpenMP / MKL pools sized to match) and registered for stop_all()."""
+    env = dict(kw.pop("env", None) or os.environ)
+    if cpus:
+        env.update(OMP_NUM_THREADS=str(len(cpus)), MKL_NUM_THREADS=str(len(cpus)))
+    with _LIVE_LOCK:
+        if _STOPPING.is_set():
+            raise KeyboardInterrupt("the benchmark is stopping")
+        proc = subprocess.Popen(cmd, env=env, **kw)
+        _LIVE.add(proc)
+    confine(proc.pid, cpus)
+    return proc
+
+
+def finished(proc: subprocess.Popen) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+def stop_all() -> None:
+    """Kill every stage process still running and start no more (the benchmark was interrupted)."""
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        for proc in _LIVE:
+            with contextlib.suppress(OSError):
+                proc.kill()
 
 
 def pipeline_stages() -> list[str]:
@@ -154,14 +189,15 @@ class Chain:
         env = {**os.environ, "EDGEOPT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1", HWM_ENV: str(hwm)}
         with open(log, "wb") as fh:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
-            confine(proc.pid, self.cpus)
+            proc = start(cmd, self.cpus, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
             try:
                 _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage (fallback for memory)
             except BaseException:
                 proc.kill()
                 proc.wait()
                 raise
+            finally:
+                finished(proc)
             proc.returncode = os.waitstatus_to_exitcode(status)
             run.wall_s = round(time.perf_counter() - t0, 3)
         run.exit_code = proc.returncode
@@ -213,7 +249,7 @@ def confine(pid: int, cpus: frozenset[int] | None) -> None:
     """Keep a just-started process (and the threads it starts: torch, OpenMP and OpenVINO size their pools by
     it) on `cpus`; None leaves it on every core."""
     if cpus and hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(OSError):  # it already exited
+        with contextlib.suppress(ProcessLookupError):  # it already exited
             os.sched_setaffinity(pid, cpus)
 
 

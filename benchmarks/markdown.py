@@ -120,7 +120,8 @@ def render(doc: dict[str, Any]) -> str:
            f"- python {env.get('python')}; {libs}"]
     b = doc.get("budget") or {}
     if b:
-        parts = ", ".join(f"{k} {v:,.0f} s" for k, v in (b.get("parts_s") or {}).items())
+        parts = ("parts side by side (--jobs), overlapping: " if b.get("parts_overlap") else "") + ", ".join(
+            f"{k} {v:,.0f} s" for k, v in (b.get("parts_s") or {}).items())
         longest = ", ".join(f"{k} {v:,.0f} s" for k, v in (b.get("longest_stages_s") or {}).items())
         verdict = {True: "met", False: "**NOT MET**"}.get(b.get("met"), "not judged (the run has errors or no table)")
         out.append(f"- time goal {verdict}: {_n(b.get('took_s'), ',.0f')} s of "

@@ -2,7 +2,8 @@
 
 ResNet-18 with the CIFAR stem (3x3 conv, no max-pool), full width; SGD with Nesterov momentum 0.9, one-cycle
 learning rate (max 0.1), weight decay 5e-4, random crop (reflect padding 4) + horizontal flip, batch 128,
-15 epochs, FP32 (on the GPU when there is one, as such a script does), on every non-test image of the benchmark's prepared data (train + val: a script has no
+15 epochs, FP32 (on the GPU when there is one, as such a script does: convolutions then in TF32, PyTorch's
+default), on every non-test image of the benchmark's prepared data (train + val: a script has no
 model-selection split). Then Torch-Pruning removes 50 % of the channels of every layer (L1 magnitude, the
 classifier kept) and 5 epochs of Hinton KD (T 4, alpha 0.7) from the unpruned model recover accuracy.
 

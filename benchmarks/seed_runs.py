@@ -32,16 +32,22 @@ def reference_seed(prepared: Path, out: Path, seed: int, profile, say, doc: dict
     import json
     import subprocess
 
-    from benchmarks.chain import confine
+    from benchmarks.chain import finished, start
 
     epochs, kd_epochs = profile.reference_epochs
     say(f"[reference] seed {seed}: bare ResNet-18 script {epochs} epochs, then prune 50 % + {kd_epochs} epochs KD")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"),
-                             str(seed), str(epochs), str(kd_epochs)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    confine(proc.pid, cpus)
-    stdout, stderr = proc.communicate()
+    proc = start([sys.executable, "-m", "benchmarks.reference", str(prepared), str(out / f"seed{seed}"), str(seed),
+                  str(epochs), str(kd_epochs)], cpus, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:  # as subprocess.run does
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        finished(proc)
     line = next((ln for ln in stdout.splitlines() if ln.startswith("EDGEOPT-REFERENCE ")), None)
     if proc.returncode != 0 or line is None:
         doc["errors"].append(f"reference seed {seed}: exit {proc.returncode}: {stderr.strip()[-500:]}")
@@ -112,52 +118,69 @@ def train_side_by_side(real, stages: list[str], est, jobs: int, overrides: dict[
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
+    from benchmarks import chain as ch
     from benchmarks import convergence_probe
     from benchmarks.compression import record_seed
 
     prepared = real.workdir / "data" / "prepared"
     first, last = stages.index("train"), stages.index("bench")
+    workers = min(jobs, 1 + profile.seeds + (profile.seeds - 1) + int(probe))  # no share left idle
     free: queue.SimpleQueue = queue.SimpleQueue()
-    for share in core_shares(jobs):
+    for share in core_shares(workers):
         free.put(share)
 
-    def on_a_share(fn, *args):
+    def on_a_share(what: str, fn, *args):
+        """fn on a free share of the cores; None (and the error in the doc) if it raised: the other jobs and
+        the run's record go on."""
         share = free.get()  # as many shares as workers: one is always free for a running task
         try:
             return fn(*args, cpus=share)
+        except Exception as exc:
+            doc["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
+            say(f"[jobs] {what} failed: {type(exc).__name__}: {exc}")
+            return None
         finally:
             free.put(share)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    probe_run: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         def realistic(cpus):
             real.cpus = cpus
             try:
                 real.run(stages[first:first + 1], est, total=len(stages))
-                # the probe compares with this train stage, so it starts once that is done
-                found = (pool.submit(on_a_share, convergence_probe.run, real, overrides, base_params, work, False,
-                                     profile.probe_factor, say) if probe else None)
+                if probe:  # it compares with this train stage, so it starts once that is done
+                    probe_run["future"] = pool.submit(on_a_share, "convergence probe", convergence_probe.run, real,
+                                                      overrides, base_params, work, False, profile.probe_factor, say)
                 real.run(stages[first + 1:last], est, total=len(stages))
             finally:
                 real.cpus = None  # bench .. report: every core
-            return found
+            return True
 
-        chain = pool.submit(on_a_share, realistic)
-        peers = [pool.submit(on_a_share, reference_seed, prepared, work / "reference", s, profile, say, doc)
-                 for s in range(profile.seeds)]
-        seeds = [pool.submit(on_a_share, pipeline_seed, real.workdir, overrides, base_params, stages, work, False,
-                             s, say) for s in range(1, profile.seeds)]
-        probe_run = chain.result()
-        runs = [f.result() for f in peers]
-        doc["reference"] = runs[:runs.index(None)] if None in runs else runs  # as run_reference: 0..k-1
-        accs: dict[str, list[float | None]] = {}
-        doc["seeds"] = {"seeds": list(range(profile.seeds)), "chains": {}}
-        for seed, f in enumerate(seeds, start=1):
-            summary, seed_accs = f.result()
-            doc["seeds"]["chains"][str(seed)] = summary
-            record_seed(accs, seed_accs)
-        doc["seeds"]["accuracy"] = accs
-        if probe_run is not None:
-            doc["convergence_probe"] = probe_run.result()
-            if not doc["convergence_probe"].get("ok"):
-                doc["errors"].append(f"convergence probe: {doc['convergence_probe'].get('reason')}")
+        try:
+            chain = pool.submit(on_a_share, "the realistic chain", realistic)
+            peers = [pool.submit(on_a_share, f"reference seed {s}", reference_seed, prepared, work / "reference", s,
+                                 profile, say, doc) for s in range(profile.seeds)]
+            seeds = [pool.submit(on_a_share, f"pipeline seed {s}", pipeline_seed, real.workdir, overrides,
+                                 base_params, stages, work, False, s, say) for s in range(1, profile.seeds)]
+            chain.result()
+            runs = [f.result() for f in peers]
+            seed_results = [f.result() for f in seeds]
+            probe_result = probe_run["future"].result() if "future" in probe_run else None
+        except BaseException:  # Ctrl-C, or a kill: stop every job's process, not only this thread's
+            ch.stop_all()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    doc["reference"] = runs[:runs.index(None)] if None in runs else runs  # as run_reference: 0..k-1
+    accs: dict[str, list[float | None]] = {}
+    doc["seeds"] = {"seeds": list(range(profile.seeds)), "chains": {}}
+    for seed, result in enumerate(seed_results, start=1):
+        summary, seed_accs = result or ({"ok": False, "workdir": str(work / f"seed{seed}")}, {})
+        doc["seeds"]["chains"][str(seed)] = summary
+        record_seed(accs, seed_accs)
+    doc["seeds"]["accuracy"] = accs
+    if probe:
+        doc["convergence_probe"] = probe_result or {"ok": False, "converged": None,
+                                                    "factor": profile.probe_factor, "reason": "the probe did not run"}
+        if not doc["convergence_probe"].get("ok"):
+            doc["errors"].append(f"convergence probe: {doc['convergence_probe'].get('reason')}")
     return doc["reference"], accs

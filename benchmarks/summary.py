@@ -39,14 +39,16 @@ def budget(doc: dict[str, Any]) -> dict[str, Any]:
     if doc.get("training_throughput"):
         parts["training throughput"] = doc["training_throughput"].get("measured_in_s") or 0.0
     total, goal = doc.get("duration_s") or 0.0, doc["settings"]["budget_s"]
-    parts["measuring the rows and the rest"] = max(0.0, total - sum(parts.values()))
+    side_by_side = (doc["settings"].get("jobs") or 1) > 1
+    if not side_by_side:  # with --jobs the parts ran at the same time: no remainder to derive
+        parts["measuring the rows and the rest"] = max(0.0, total - sum(parts.values()))
     stages = [(f"{label}: {name}", st.get("wall_s") or 0.0) for label, c in (doc.get("cost") or {}).items()
               for name, st in (c.get("stages") or {}).items()]
     # under the goal proves nothing when the run stopped early or skipped work after an error
     finished = not doc.get("errors") and bool((doc.get("compression") or {}).get("rows"))
     return {"goal_s": goal, "took_s": total, "over_s": round(total - goal, 1),
             "met": False if total > goal else True if finished else None,
-            "parts_s": {k: round(v, 1) for k, v in parts.items() if v},
+            "parts_s": {k: round(v, 1) for k, v in parts.items() if v}, "parts_overlap": side_by_side,
             "longest_stages_s": {k: round(v, 1) for k, v in sorted(stages, key=lambda kv: -kv[1])[:3]}}
 
 

@@ -179,6 +179,11 @@ def test_budget_names_what_took_the_time_and_what_was_left_out():
     md = markdown.render({**doc, "reference": [], "budget": b, "settings": {**doc["settings"], "cut": left}})
     assert "time goal **NOT MET**: 3,000 s of 2,400 s" in md and "left out of this run: 1 training seed(s)" in md
 
+    # --jobs: the parts ran at the same time; no remainder is derived from their sum
+    jobs = budget({**doc, "settings": {"budget_s": 2400.0, "jobs": 3}})
+    assert jobs["parts_overlap"] is True and "measuring the rows and the rest" not in jobs["parts_s"]
+    assert "parts side by side (--jobs), overlapping: chain realistic 2,000 s" in markdown.render(
+        {**doc, "reference": [], "budget": jobs, "settings": {"budget_s": 2400.0, "cut": []}})
     # under the goal: met only for a finished run; one that stopped at an error is not judged
     quick = {**doc, "duration_s": 600.0, "errors": [], "compression": {"rows": [{"name": "x"}]}}
     assert budget(quick)["met"] is True
@@ -755,6 +760,41 @@ def test_jobs_train_side_by_side_then_leave_latency_to_run_alone(tmp_path, monke
     assert "convergence_probe" not in doc
 
 
+def test_jobs_fewer_than_the_work_queue_it_and_a_failing_job_leaves_the_rest(tmp_path, monkeypatch):
+    """--jobs 2 for 6 jobs: they queue; a job that raises is an error in the doc, not a lost run."""
+    import dataclasses
+
+    from benchmarks import chain as ch
+    from benchmarks import convergence_probe, seed_runs
+    from benchmarks.profiles import SMOKE
+
+    real = ch.Chain("realistic", tmp_path / "work" / "realistic", {"train.epochs": 1})
+    real.setup(REPO / "params.yaml")
+    stages = stage_names(REPO)
+
+    def fake_chain_run(self, names, eta=None, total=None):
+        for n in names:
+            self.runs[n] = ch.StageRun(n, status="ok")
+        return True
+
+    def fake_seed(workdir, overrides, base, stages, work, in_process, seed, say, cpus=None):
+        if seed == 2:
+            raise RuntimeError("boom")
+        return {"ok": True, "workdir": str(work / f"seed{seed}")}, {"row": 1.0}
+
+    monkeypatch.setattr(ch.Chain, "run", fake_chain_run)
+    monkeypatch.setattr(seed_runs, "reference_seed", lambda *a, cpus=None: {"seed": a[2]})
+    monkeypatch.setattr(seed_runs, "pipeline_seed", fake_seed)
+    monkeypatch.setattr(convergence_probe, "run", lambda *a, cpus=None: {"ok": True, "converged": True})
+    doc = {"errors": []}
+    peers, accs = seed_runs.train_side_by_side(real, stages, None, 2, {}, REPO / "params.yaml", tmp_path / "work",
+                                               dataclasses.replace(SMOKE, seeds=3), True, print, doc)
+    assert [p["seed"] for p in peers] == [0, 1, 2] and doc["convergence_probe"]["converged"] is True
+    assert doc["errors"] == ["pipeline seed 2: RuntimeError: boom"]
+    assert doc["seeds"]["chains"]["2"] == {"ok": False, "workdir": str(tmp_path / "work" / "seed2")}
+    assert accs == {"row": [1.0, None]}
+
+
 def test_core_shares_split_the_cores_a_job_may_use(monkeypatch):
     from benchmarks import seed_runs
 
@@ -765,6 +805,7 @@ def test_core_shares_split_the_cores_a_job_may_use(monkeypatch):
     assert seed_runs.core_shares(3) == [{4}, {9}, {4}]  # more jobs than cores: reused round-robin
 
 
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="pinning to one of one core shows nothing")
 def test_a_stage_process_runs_on_its_share_and_sizes_torch_by_it(tmp_path, monkeypatch):
     """The chain pins its stage process to `cpus`; edgeopt's training sizes torch's threads by the cores it may
     use (a container's cpuset, a --jobs share), not by every core of the machine."""
@@ -776,12 +817,13 @@ def test_a_stage_process_runs_on_its_share_and_sizes_torch_by_it(tmp_path, monke
     from edgeopt import training
 
     core = min(os.sched_getaffinity(0))
-    monkeypatch.setattr(ch, "CLI_WITH_HWM", "import os, time; time.sleep(0.5); print(sorted(os.sched_getaffinity(0)))")
+    monkeypatch.setattr(ch, "CLI_WITH_HWM", "import os, time; time.sleep(0.5); "
+                        "print(sorted(os.sched_getaffinity(0)), os.environ.get('OMP_NUM_THREADS'))")
     c = ch.Chain("pinned", tmp_path, {}, cpus=frozenset({core}))
     (tmp_path / "logs").mkdir()
     run = ch.StageRun("train")
     c._run_subprocess(run)
-    assert run.exit_code == 0 and (tmp_path / "logs" / "train.log").read_text().strip() == f"[{core}]"
+    assert run.exit_code == 0 and (tmp_path / "logs" / "train.log").read_text().strip() == f"[{core}] 1"
 
     before = torch.get_num_threads()
     monkeypatch.setattr(training, "usable_cores", lambda: 1)
@@ -798,3 +840,19 @@ def test_a_stage_process_runs_on_its_share_and_sizes_torch_by_it(tmp_path, monke
 def test_jobs_refuse_in_process_stages(tmp_path, capsys, argv):
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     assert "--jobs runs stages side by side in their own processes" in capsys.readouterr().err
+
+
+def test_an_interrupt_stops_every_job_process_and_starts_no_more(monkeypatch):
+    import subprocess
+    import sys
+
+    from benchmarks import chain as ch
+
+    monkeypatch.setattr(ch, "_STOPPING", __import__("threading").Event())  # this test's own flag
+    procs = [ch.start([sys.executable, "-c", "import time; time.sleep(60)"], None) for _ in range(2)]
+    ch.stop_all()
+    assert all(p.wait(timeout=10) != 0 for p in procs)  # killed, not left to run out
+    for p in procs:
+        ch.finished(p)
+    with pytest.raises(KeyboardInterrupt):
+        ch.start([sys.executable, "-c", "pass"], None, stdout=subprocess.DEVNULL)
