@@ -63,11 +63,12 @@ def targets_section(t: dict[str, Any]) -> list[str]:
              + (f" {t['note']}." if t.get("note") else ""), "",
              "| target | measured | required | met | detail |", "|---|---|---|---|---|"]
     for it in t["items"]:
-        v = it["value"]
-        shown = "-" if v is None else (f"{v:+.2f} {it['unit']}" if it["unit"] == "pt" else f"{v:.3g}{it['unit']}")
+        v, unit = it["value"], it["unit"]
+        shown = "-" if v is None else str(v) if isinstance(v, str) else (
+            f"{v:+.2f} {unit}" if unit == "pt" else f"{v:.3g}{unit}")
         met = {True: "met", False: "**NOT MET**", None: "not measured"}[it["met"]]
-        lines.append(f"| {it['name']} | {shown} | {it['op']} {it['limit']}{'' if it['unit'] == 'pt' else 'x'}"
-                     f"{' pt' if it['unit'] == 'pt' else ''} | {met} | {it['detail']} |")
+        required = f"{it['op']} {it['limit']}" + {"pt": " pt", "x": "x"}.get(unit, "")
+        lines.append(f"| {it['name']} | {shown} | {required} | {met} | {it['detail']} |")
     return lines
 
 

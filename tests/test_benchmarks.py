@@ -76,7 +76,7 @@ def test_smoke_run_writes_every_row_ratio_target_and_stage_cost(tmp_path):
         "accuracy drop vs the baseline",
         "MACs vs the baseline", "size vs FP32 ONNX baseline", "p50 latency vs FP32 PyTorch eager",
         "p50 latency vs plain NNCF INT8 of the unpruned baseline",
-        "more accurate than the bare script + prune + KD at equal or fewer MACs"]
+        "more accurate than the bare script + prune + KD at equal or fewer MACs", "passed edgeopt's own gate"]
     converged, probe, *measured = t["items"]
     assert all(it["value"] is not None and it["met"] in (True, False) for it in [probe, *measured])
     assert doc["convergence_probe"]["epochs"] == [1, 2] and doc["budget"]["parts_s"][
@@ -249,18 +249,68 @@ def test_ratios_and_targets_from_synthetic_rows():
     assert small["ratios"]["openvino_fp32"]["macs_x"] == 10.0
     converged = {"converged": True, "in_run_converged": True, "val_gain": 0.1, "max_gain": 0.5, "epochs": 30,
                  "probe": _probe(90.0, 90.1)}
-    t = compression.targets(rows, "small_ov_int8", "gate", refs, converged)
-    assert [it["met"] for it in t["items"]] == [True] * 9 and t["all_met"]
+    passed = {"status": "pass", "selected": "small_ov_int8"}
+    t = compression.targets(rows, "small_ov_int8", "gate", refs, converged, passed)
+    assert [it["met"] for it in t["items"]] == [True] * 10 and t["all_met"]
     rows[-1]["latency"]["1_thread"] = {"p50_ms": 0.5, "p90_ms": 0.6}  # 20x PyTorch, 2x plain INT8: too slow
     rows[-2]["accuracy"] = 89.8  # and the peer's pruned model now beats it
-    t = compression.targets(rows, "small_ov_int8", "gate", refs, converged)
-    assert [it["met"] for it in t["items"]] == [True] * 6 + [False] * 3
+    t = compression.targets(rows, "small_ov_int8", "gate", refs, converged, passed)
+    assert [it["met"] for it in t["items"]] == [True] * 6 + [False] * 3 + [True]
     unconverged = compression.targets(rows, "small_ov_int8", "gate", refs, {**converged, "val_gain": 2.0,
                                                                               "converged": False})
     assert unconverged["items"][0]["met"] is False and "did not converge" in unconverged["note"]
     md = markdown.render({"mode": "test", "compression": {"rows": rows, "targets": t, "protocol": {},
                                                           "selected": "small_ov_int8"}})
     assert "**NOT MET**" in md and "| small_ov_int8 |" in md and "| peer_bare_pruned_kd |" in md
+
+
+def test_when_the_gate_passes_none_the_targets_show_the_nearest_release_and_are_not_met(tmp_path, monkeypatch):
+    """Nothing is promoted, so the targets fail; they are checked on the candidate nearest to a release: the most
+    accurate within the MAC target, not the fastest (a far smaller student that says nothing of the recipe)."""
+    from types import SimpleNamespace
+
+    from edgeopt.paths import Paths
+
+    rows = [_row("baseline_fp32_pytorch", "reference", "pytorch", 90.0, 4000, 10.0, macs=1000),
+            _row("baseline_fp32_ort", "baseline", "onnxruntime", 90.0, 4000, 3.0, macs=1000),
+            _row("baseline_fp32_ov", "baseline", "openvino", 90.0, 4000, 2.0, macs=1000),
+            _row("student_ov_int8", "candidate", "openvino", 85.0, 50, 0.1, macs=50),
+            _row("pruned_ov_int8", "candidate", "openvino", 89.3, 100, 0.3, macs=90),
+            _row("wide_ov_int8", "candidate", "openvino", 89.4, 500, 1.0, macs=500)]
+    refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": "baseline_fp32_ov",
+            "onnx_fp32": "baseline_fp32_ort", "baseline_ov_int8": None}
+    compression._drops(rows, {"openvino": "baseline_fp32_ov", "onnxruntime": "baseline_fp32_ort"})
+    none_pass = {"status": "none_pass", "selected": None}
+    pick, why = compression._selected(rows, none_pass, 0.5, refs)
+    assert pick == "pruned_ov_int8" and "most accurate candidate within the MAC target" in why
+    assert "nothing would be promoted" in why
+    rows[-1]["macs"] = 90  # two within the MAC target: the more accurate one, however slow
+    assert compression._selected(rows, none_pass, 0.5, refs)[0] == "wide_ov_int8"
+    rows[3]["accuracy"] = 89.7  # now within the drop limit: the fastest of those
+    pick, why = compression._selected(rows, none_pass, 0.5, refs)
+    assert pick == "student_ov_int8" and "fastest candidate (1 thread p50) within the accuracy-drop limit" in why
+    assert compression._selected(rows, {"status": "pass", "selected": "wide_ov_int8"}, 0.5, refs) == (
+        "wide_ov_int8", "gate")
+
+    rows[3]["accuracy"] = 85.0
+    t = compression.targets(rows, "pruned_ov_int8", "fallback", refs, {"converged": True}, none_pass)
+    gate_item = t["items"][-1]
+    assert gate_item["value"] == "none_pass" and gate_item["met"] is False and t["all_met"] is False
+    assert "| passed edgeopt's own gate (a release would be promoted) | none_pass | == pass | **NOT MET** |" in (
+        markdown.render({"mode": "test", "compression": {"rows": rows, "targets": t, "protocol": {}}}))
+    assert compression.targets(rows, "pruned_ov_int8", "fallback", refs, {"converged": True})["items"][-1][
+        "met"] is None  # no gate report: not shown
+
+    # more seeds move the means, and a fallback pick is made again on them: the student's mean is now within
+    rows[-1]["macs"] = 500
+    table = {"rows": rows, "references": refs, "gate": none_pass, "selected": pick, "selected_by": why}
+    monkeypatch.setattr(compression, "peer_accuracy", lambda *a: [])
+    params = SimpleNamespace(gate=SimpleNamespace(max_accuracy_drop=0.5))
+    compression.add_seeds(table, Paths(tmp_path), params, [], {"baseline_fp32_ov": [90.0, 90.0],
+                                                               "student_ov_int8": [92.5, 92.5]})
+    assert table["selected"] == "student_ov_int8" and "within the accuracy-drop limit" in table["selected_by"]
+    assert [r["name"] for r in rows if r["selected"]] == ["student_ov_int8"]
+    assert table["targets"]["candidate"] == "student_ov_int8" and table["targets"]["all_met"] is False
 
 
 def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
@@ -409,7 +459,8 @@ def _one_seed_table() -> dict:
             _row("small_ov_int8", "candidate", "openvino", 90.0, 100, 0.25, macs=10)]
     refs = {"pytorch_fp32": "baseline_fp32_pytorch", "openvino_fp32": None, "onnx_fp32": "baseline_fp32_ort",
             "baseline_ov_int8": "baseline_ov_int8"}
-    return {"rows": rows, "references": refs, "selected": "small_ov_int8", "selected_by": "gate"}
+    return {"rows": rows, "references": refs, "selected": "small_ov_int8", "selected_by": "gate",
+            "gate": {"status": "pass", "selected": "small_ov_int8"}}
 
 
 def test_add_seeds_moves_means_spreads_and_targets(tmp_path, monkeypatch):
