@@ -234,7 +234,8 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
         digits = ch.Chain("digits", work / "digits", digits_over, in_process, say)
         try:
             digits.setup(base_params)
-            prev = ch.previous_timings(RESULTS, profile.name, "digits", exclude=out, overrides=digits_over)
+            prev = ch.previous_timings(RESULTS, profile.name, "digits", exclude=out, overrides=digits_over,
+                                       setup=ch.run_setup(doc))
             digits.run(stages, ch.Estimator(digits, prev))
         except ParamsError as exc:
             doc["errors"].append(f"digits chain: {exc}")
@@ -256,7 +257,8 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
     doc["settings"]["model"] = {"arch": params.model.arch, "width": params.model.width,
                                 "small_input": params.model.small_input,
                                 "width_note": WIDTH_NOTE if params.model.width < 1 else None}
-    prev = ch.previous_timings(RESULTS, profile.name, "realistic", exclude=out, overrides=realistic_over)
+    prev = ch.previous_timings(RESULTS, profile.name, "realistic", exclude=out, overrides=realistic_over,
+                               setup=ch.run_setup(doc))
     est = ch.Estimator(real, prev)
     ok = real.run(stages[:2], est, total=len(stages))  # prepare, validate
 

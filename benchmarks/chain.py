@@ -337,10 +337,18 @@ def student_share(p: Params) -> float:
     return 0.1 * p.distill.student_width ** 2 if p.distill.student_arch == "small_cnn" else 0.5
 
 
+def run_setup(doc: dict[str, Any]) -> dict[str, Any]:
+    """What, besides the params, sets a run's stage times: the machine and how many jobs shared it (--jobs)."""
+    hw = (doc.get("environment") or {}).get("hardware") or {}
+    return {"cpu": hw.get("cpu"), "cores": hw.get("cores"), "jobs": (doc.get("settings") or {}).get("jobs") or 1}
+
+
 def previous_timings(results_root: Path, mode: str, label: str, exclude: Path | None = None,
-                     overrides: dict[str, Any] | None = None) -> dict[str, float]:
+                     overrides: dict[str, Any] | None = None, setup: dict[str, Any] | None = None
+                     ) -> dict[str, float]:
     """Per-stage wall times of the newest earlier benchmark of this mode whose chain ran the same `overrides`
-    (for ETAs: a run with other epochs or widths would mislead them, the estimate model is used instead)."""
+    and, given `setup` (run_setup of this run), on the same machine with as many jobs (for ETAs: a run with other
+    epochs, on another machine or sharing the cores would mislead them; the estimate model is used instead)."""
     docs = sorted(results_root.glob("*/benchmark.json"), reverse=True)
     for path in docs:
         if exclude is not None and path.parent.resolve() == exclude.resolve():
@@ -353,6 +361,8 @@ def previous_timings(results_root: Path, mode: str, label: str, exclude: Path | 
             continue
         ran = ((doc.get("settings") or {}).get("overrides") or {}).get(label)
         if overrides is not None and json.loads(json.dumps(overrides)) != ran:
+            continue
+        if setup is not None and run_setup(doc) != setup:
             continue
         stages = (doc.get("cost", {}).get(label) or {}).get("stages") or {}
         out = {k: v["wall_s"] for k, v in stages.items() if v.get("status") in ("ok", "none_pass") and v.get("wall_s")}

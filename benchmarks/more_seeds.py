@@ -142,6 +142,11 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
     if cpu != cpu_then:
         raise AddSeedsError(f"another CPU model ({cpu!r}, the first run: {cpu_then!r}): torch's CPU results differ "
                             "across CPU models; add seeds on the machine that ran the first one")
+    now = training_devices_now(real)
+    for side, then in training_devices_then(doc, real).items():
+        if then is not None and then != now[side]:
+            raise AddSeedsError(f"{side} trained on {then} in the first run and would train on {now[side]} now: "
+                                "GPU and CPU training give other numbers; add seeds on a machine like the first")
     git = env.get("git") or {}
     commit = git.get("commit")
     if not commit:
@@ -160,6 +165,33 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
                             f"{proc.stdout.rstrip()}" + (f"\nnew files: {' '.join(new.split())}" if new else "")
                             + f"\ncheck out {commit[:10]} to add seeds, or rerun the benchmark")
     return None
+
+
+def training_devices_then(doc: dict[str, Any], real: Path) -> dict[str, str | None]:
+    """The device (cpu | cuda) each side of the first run trained on; None where it was not recorded."""
+    import json
+
+    try:
+        train = json.loads((real / "metrics" / "train.json").read_text())
+    except (OSError, ValueError):
+        train = {}
+    peer = (doc.get("reference") or [{}])[0]
+    return {"the peer": peer.get("device") if isinstance(peer, dict) else None,
+            "edgeopt's train stage": train.get("device") if isinstance(train, dict) else None}
+
+
+def training_devices_now(real: Path) -> dict[str, str]:
+    """Where each side would train here: the peer on CUDA when present, the train stage by its train.device."""
+    import torch
+
+    from edgeopt.accel import resolve_device
+    from edgeopt.params import load_params
+
+    try:
+        train = resolve_device(load_params(real / "params.yaml").train.device).type
+    except ParamsError:  # train.device: cuda without a GPU: the stage itself will say so
+        train = "cpu"
+    return {"the peer": "cuda" if torch.cuda.is_available() else "cpu", "edgeopt's train stage": train}
 
 
 def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,

@@ -314,7 +314,7 @@ def test_when_the_gate_passes_none_the_targets_show_the_nearest_release_and_are_
 
 
 def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
-    from benchmarks.chain import previous_timings
+    from benchmarks.chain import previous_timings, run_setup
 
     def write(name: str, mode: str, overrides: dict, distill_s: float) -> None:
         (tmp_path / name).mkdir()
@@ -329,6 +329,24 @@ def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
     assert previous_timings(tmp_path, "full", "realistic", overrides=same) == {"distill": 360.0}
     assert previous_timings(tmp_path, "full", "realistic", overrides={**same, "distill.epochs": 30}) == {}
     assert previous_timings(tmp_path, "full", "realistic") == {"distill": 48.0}  # no filter: the newest run
+
+    # another machine, or the cores shared by --jobs: its stage times would mislead the ETAs
+    here = {"cpu": "AMD EPYC", "cores": 2, "jobs": 1}
+    assert run_setup({"environment": {"hardware": {"cpu": "AMD EPYC", "cores": 2}}, "settings": {}}) == here
+    for name, hw, jobs, distill_s in (("20260104-000000-full", "Xeon", None, 10.0),
+                                      ("20260105-000000-full", "AMD EPYC", 4, 20.0),
+                                      ("20260106-000000-full", "AMD EPYC", 1, 30.0)):
+        write(name, "full", same, distill_s)
+        doc = json.loads((tmp_path / name / "benchmark.json").read_text())
+        doc["environment"] = {"hardware": {"cpu": hw, "cores": 2}}
+        doc["settings"]["jobs"] = jobs
+        (tmp_path / name / "benchmark.json").write_text(json.dumps(doc))
+    assert previous_timings(tmp_path, "full", "realistic", overrides=same, setup=here) == {"distill": 30.0}
+    assert previous_timings(tmp_path, "full", "realistic", overrides=same, setup={**here, "jobs": 4}) == {
+        "distill": 20.0}
+    assert previous_timings(tmp_path, "full", "realistic", overrides=same, setup={**here, "cpu": "Xeon"}) == {
+        "distill": 10.0}
+    assert previous_timings(tmp_path, "full", "realistic", overrides=same, setup={**here, "cores": 16}) == {}
 
 
 def _seeded_doc(ref_seeds, chains):
@@ -396,7 +414,7 @@ def test_add_seeds_refuses_a_dir_it_cannot_extend(tmp_path, capsys):
     assert (tmp_path / "benchmark.json").read_text() == "{not json"  # nothing written over
 
 
-def test_add_seeds_refuses_another_recipe(tmp_path):
+def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
     import subprocess
 
     from benchmarks.chain import Chain
@@ -445,6 +463,21 @@ def test_add_seeds_refuses_another_recipe(tmp_path):
         check_recipe(doc, real, REPO / "params.yaml", repo)
     no_git = {**doc, "environment": {**doc["environment"], "git": {}}}
     assert "no git commit" in check_recipe(no_git, real, REPO / "params.yaml", repo)
+    # the first run trained on a GPU (its peer, or its train stage), this machine would train on the CPU
+    from benchmarks import more_seeds
+
+    monkeypatch.setattr(more_seeds, "training_devices_now",
+                        lambda real: {"the peer": "cpu", "edgeopt's train stage": "cpu"})
+    on_gpu = {**no_git, "reference": [{**doc["reference"][0], "device": "cuda"}]}
+    with pytest.raises(AddSeedsError, match="the peer trained on cuda in the first run and would train on cpu"):
+        check_recipe(on_gpu, real, REPO / "params.yaml", repo)
+    (real / "metrics").mkdir(exist_ok=True)
+    (real / "metrics" / "train.json").write_text(json.dumps({"device": "cuda"}))
+    with pytest.raises(AddSeedsError, match="edgeopt's train stage trained on cuda"):
+        check_recipe(no_git, real, REPO / "params.yaml", repo)
+    (real / "metrics" / "train.json").write_text(json.dumps({"device": "cpu"}))
+    assert "no git commit" in check_recipe({**no_git, "reference": [{**doc["reference"][0], "device": "cpu"}]},
+                                           real, REPO / "params.yaml", repo)
     dirty = {**doc, "environment": {**doc["environment"], "git": {"commit": commit.strip(), "dirty": True}}}
     assert "uncommitted changes" in check_recipe(dirty, real, REPO / "params.yaml", repo)
 
