@@ -340,7 +340,8 @@ def student_share(p: Params) -> float:
 def run_setup(doc: dict[str, Any]) -> dict[str, Any]:
     """What, besides the params, sets a run's stage times: the machine and how many jobs shared it (--jobs)."""
     hw = (doc.get("environment") or {}).get("hardware") or {}
-    return {"cpu": hw.get("cpu"), "cores": hw.get("cores"), "jobs": (doc.get("settings") or {}).get("jobs") or 1}
+    return {"cpu": hw.get("cpu"), "cores": hw.get("cores"), "gpu": hw.get("gpu"),
+            "jobs": (doc.get("settings") or {}).get("jobs") or 1}
 
 
 def previous_timings(results_root: Path, mode: str, label: str, exclude: Path | None = None,

@@ -450,16 +450,19 @@ def _mean_drop(r: dict[str, Any], by: dict[str, dict[str, Any]]) -> float | None
 
 def _selected(rows: list[dict[str, Any]], gate: dict[str, Any] | None, max_drop: float,
               refs: dict[str, str | None]) -> tuple[str | None, str]:
-    """The gate's pick; when it passed none (nothing would be promoted), the candidate nearest to a release, so the
-    targets still show how far the chain is: the fastest within the drop limit, else the most accurate within the
-    MAC target (the fastest would show a far smaller model and say nothing about the recipe's drop)."""
+    """The gate's pick; when it picked none (nothing would be promoted), the candidate nearest to a release, so the
+    targets still show how far the chain is: the fastest within the drop limit, else the one with the smallest
+    drop within the MAC target (the fastest would show a far smaller model and say nothing about the recipe's
+    drop). Drops here are the gate's: against the FP32 baseline in the candidate's own runtime, seed means."""
     if gate and gate.get("selected"):
         return gate["selected"], "gate"
     ok = [r for r in rows if r["kind"] == "candidate" and r["status"] == "ok" and r.get("latency")]
     if not ok:
         return None, "none: no candidate ran"
     by = {r["name"]: r for r in rows}
-    why = "gate passed none: nothing would be promoted" if gate else "no gate report"
+    status = (gate or {}).get("status")
+    why = ("no gate report" if not gate else ("gate passed none" if status == "none_pass" else f"gate {status}")
+           + ": nothing would be promoted")
     within = [r for r in ok if (d := _mean_drop(r, by)) is not None and d <= max_drop]
     if within:
         pick = min(within, key=lambda r: r["latency"]["1_thread"]["p50_ms"])
@@ -469,7 +472,7 @@ def _selected(rows: list[dict[str, Any]], gate: dict[str, Any] | None, max_drop:
               and r["macs"] <= TARGETS["max_macs_fraction"] * base_macs]
     pick = min(budget or ok, key=lambda r: (_mean_drop(r, by) is None, _mean_drop(r, by) or 0.0,
                                             r["latency"]["1_thread"]["p50_ms"]))
-    return pick["name"], (f"fallback ({why}): none within the accuracy-drop limit, so the most accurate candidate "
+    return pick["name"], (f"fallback ({why}): none within the accuracy-drop limit, so the one with the smallest drop "
                           + ("within the MAC target" if budget else "of all (none within the MAC target)"))
 
 
@@ -540,7 +543,9 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
          "detail": f"{acc(row)} % at {row.get('macs') or 0:,} MACs vs {acc(peer)} % at "
                    f"{(peer or {}).get('macs') or 0:,} MACs ({seeds(peer)})"},
         {"name": "passed edgeopt's own gate (a release would be promoted)", "value": (gate or {}).get("status"),
-         "limit": "pass", "op": "==", "unit": "", "detail": selected_by},
+         "limit": "pass", "op": "==", "unit": "",
+         "detail": "no gate report" if not gate else _thresholds(gate.get("thresholds"))
+                   + (f"; {gate['error']}" if gate.get("error") else "")},
     ]
     for it in items:
         v, lim = it["value"], it["limit"]
@@ -555,6 +560,12 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
             ("the baseline did not converge" if training.get("converged") is False else
              "the baseline's convergence was not shown (a check not measured)")
             + ": targets are not met whatever the other figures say"}
+
+
+def _thresholds(t: Any) -> str:
+    if not isinstance(t, dict):
+        return "thresholds not reported"
+    return "thresholds: " + ", ".join(f"{k} {v}" for k, v in t.items())
 
 
 def _frac(num: float | None, den: float | None) -> float | None:

@@ -45,7 +45,26 @@ def hardware() -> dict[str, Any]:
         pass
     info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
                    if f" {f}" in flags]
+    info["gpu"] = gpu_name()
     return info
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name (nvidia-smi; no torch in the runner), None without one: training goes there
+    under train.device auto, so it sets a run's stage times and numerics as much as the CPU model."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        proc = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = proc.stdout.strip().splitlines() if proc.returncode == 0 else []
+    return names[0].strip() or None if names else None
 
 
 def environment(repo: Path) -> dict[str, Any]:

@@ -8,8 +8,9 @@ and .md rewritten, so stopping between seeds leaves a whole result. Seed 0's siz
 measured: other seeds only retrain.
 
 Seeds of another recipe are not seeds: it refuses (exit 2) when the new seeds would train with other params,
-other peer epochs, other numeric libraries, on another CPU model (torch's CPU results differ across models), or
-with training code changed since the commit that ran the first seed.
+other peer epochs, other numeric libraries, on another CPU model (torch's CPU results differ across models), on
+another device than the first run's peer or train stage (GPU vs CPU, or another GPU model), or with training
+code changed since the commit that ran the first seed.
 """
 from __future__ import annotations
 
@@ -142,11 +143,13 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
     if cpu != cpu_then:
         raise AddSeedsError(f"another CPU model ({cpu!r}, the first run: {cpu_then!r}): torch's CPU results differ "
                             "across CPU models; add seeds on the machine that ran the first one")
-    now = training_devices_now(real)
-    for side, then in training_devices_then(doc, real).items():
-        if then is not None and then != now[side]:
-            raise AddSeedsError(f"{side} trained on {then} in the first run and would train on {now[side]} now: "
-                                "GPU and CPU training give other numbers; add seeds on a machine like the first")
+    then = training_devices_then(doc, real)
+    now = training_devices_now(real) if any(then.values()) else {}
+    for side, was in then.items():
+        if was is not None and was != now.get(side):
+            raise AddSeedsError(f"{side} trained on {was} in the first run and would train on {now.get(side)} now: "
+                                "another device (GPU or CPU, or another GPU model) gives other numbers; add seeds "
+                                "on a machine like the first")
     git = env.get("git") or {}
     commit = git.get("commit")
     if not commit:
@@ -168,30 +171,52 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
 
 
 def training_devices_then(doc: dict[str, Any], real: Path) -> dict[str, str | None]:
-    """The device (cpu | cuda) each side of the first run trained on; None where it was not recorded."""
+    """The device each side of the first run trained on (cpu, cuda, or cuda: and the GPU's name when the train
+    stage recorded it); None where it was not recorded."""
     import json
 
     try:
         train = json.loads((real / "metrics" / "train.json").read_text())
     except (OSError, ValueError):
         train = {}
+    train = train if isinstance(train, dict) else {}
     peer = (doc.get("reference") or [{}])[0]
-    return {"the peer": peer.get("device") if isinstance(peer, dict) else None,
-            "edgeopt's train stage": train.get("device") if isinstance(train, dict) else None}
+    stage = train.get("device")
+    if stage == "cuda" and train.get("device_name"):
+        stage = f"cuda: {train['device_name']}"
+    return {"the peer": peer.get("device") if isinstance(peer, dict) else None, "edgeopt's train stage": stage}
 
 
 def training_devices_now(real: Path) -> dict[str, str]:
-    """Where each side would train here: the peer on CUDA when present, the train stage by its train.device."""
+    """Where each side would train here: the peer on CUDA when present, the train stage by its train.device.
+    Asked of a child process: the runner itself stays free of torch (its peak RSS is the stages' baseline)."""
+    import json
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import sys; from benchmarks.more_seeds import _devices_here; "
+                           "_devices_here(sys.argv[1])", str(real / "params.yaml")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise AddSeedsError("could not tell where the new seeds would train (torch failed to start: "
+                            f"{proc.stderr.strip()[-300:]}); fix the environment, then add seeds") from None
+
+
+def _devices_here(params_file: str) -> None:
+    import json
+
     import torch
 
-    from edgeopt.accel import resolve_device
+    from edgeopt.accel import describe, resolve_device
     from edgeopt.params import load_params
 
     try:
-        train = resolve_device(load_params(real / "params.yaml").train.device).type
-    except ParamsError:  # train.device: cuda without a GPU: the stage itself will say so
-        train = "cpu"
-    return {"the peer": "cuda" if torch.cuda.is_available() else "cpu", "edgeopt's train stage": train}
+        stage = describe(resolve_device(load_params(params_file).train.device))
+    except ParamsError:  # train.device: cuda without a GPU: the train stage itself says so
+        stage = {"device": "cpu"}
+    print(json.dumps({"the peer": "cuda" if torch.cuda.is_available() else "cpu", "edgeopt's train stage":
+                      stage["device"] + (f": {stage['device_name']}" if stage.get("device_name") else "")}))
 
 
 def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
@@ -222,7 +247,8 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
         say(f"--add-seeds: {out} has seeds 0..{want - 1} already and its table is up to date; nothing to do")
         return 0
     base_params = Path(first.params)
-    note = check_recipe(doc, real, base_params, repo, profile.reference_epochs)
+    # only training must repeat the first run's recipe: re-deriving the table from the seeds' files trains nothing
+    note = check_recipe(doc, real, base_params, repo, profile.reference_epochs) if todo else None
     profile = dataclasses.replace(profile, seeds=want)
     overrides = doc["settings"]["overrides"]["realistic"]
     seeds = doc.setdefault("seeds", {"seeds": [0], "chains": {}, "accuracy": {}})

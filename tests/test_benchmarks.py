@@ -282,7 +282,7 @@ def test_when_the_gate_passes_none_the_targets_show_the_nearest_release_and_are_
     compression._drops(rows, {"openvino": "baseline_fp32_ov", "onnxruntime": "baseline_fp32_ort"})
     none_pass = {"status": "none_pass", "selected": None}
     pick, why = compression._selected(rows, none_pass, 0.5, refs)
-    assert pick == "pruned_ov_int8" and "most accurate candidate within the MAC target" in why
+    assert pick == "pruned_ov_int8" and "the one with the smallest drop within the MAC target" in why
     assert "nothing would be promoted" in why
     rows[-1]["macs"] = 90  # two within the MAC target: the more accurate one, however slow
     assert compression._selected(rows, none_pass, 0.5, refs)[0] == "wide_ov_int8"
@@ -299,10 +299,16 @@ def test_when_the_gate_passes_none_the_targets_show_the_nearest_release_and_are_
     assert "| passed edgeopt's own gate (a release would be promoted) | none_pass | == pass | **NOT MET** |" in (
         markdown.render({"mode": "test", "compression": {"rows": rows, "targets": t, "protocol": {}}}))
     assert compression.targets(rows, "pruned_ov_int8", "fallback", refs, {"converged": True})["items"][-1][
-        "met"] is None  # no gate report: not shown
+        "met"] is None  # no gate report: not measured (so not all met)
+    stale = {"status": "stale", "selected": None, "error": "older than the candidates"}
+    assert compression._selected(rows, stale, 0.5, refs)[1].startswith("fallback (gate stale: nothing would be")
 
     # more seeds move the means, and a fallback pick is made again on them: the student's mean is now within
     rows[-1]["macs"] = 500
+    pick, why = compression._selected(rows, none_pass, 0.5, refs)
+    assert pick == "pruned_ov_int8"  # seed 0 alone: the student is 5 pt below
+    for r in rows:
+        r["selected"] = r["name"] == pick
     table = {"rows": rows, "references": refs, "gate": none_pass, "selected": pick, "selected_by": why}
     monkeypatch.setattr(compression, "peer_accuracy", lambda *a: [])
     params = SimpleNamespace(gate=SimpleNamespace(max_accuracy_drop=0.5))
@@ -331,7 +337,7 @@ def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
     assert previous_timings(tmp_path, "full", "realistic") == {"distill": 48.0}  # no filter: the newest run
 
     # another machine, or the cores shared by --jobs: its stage times would mislead the ETAs
-    here = {"cpu": "AMD EPYC", "cores": 2, "jobs": 1}
+    here = {"cpu": "AMD EPYC", "cores": 2, "gpu": None, "jobs": 1}
     assert run_setup({"environment": {"hardware": {"cpu": "AMD EPYC", "cores": 2}}, "settings": {}}) == here
     for name, hw, jobs, distill_s in (("20260104-000000-full", "Xeon", None, 10.0),
                                       ("20260105-000000-full", "AMD EPYC", 4, 20.0),
@@ -347,6 +353,20 @@ def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
     assert previous_timings(tmp_path, "full", "realistic", overrides=same, setup={**here, "cpu": "Xeon"}) == {
         "distill": 10.0}
     assert previous_timings(tmp_path, "full", "realistic", overrides=same, setup={**here, "cores": 16}) == {}
+    assert previous_timings(tmp_path, "full", "realistic", overrides=same, setup={**here, "gpu": "NVIDIA H200"}) == {}
+
+
+def test_gpu_name_from_nvidia_smi_without_torch(tmp_path, monkeypatch):
+    from benchmarks import environment
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert environment.gpu_name() is None  # no nvidia-smi: no GPU
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200'\necho 'NVIDIA H200'\n")
+    smi.chmod(0o755)
+    assert environment.gpu_name() == "NVIDIA H200"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    assert environment.gpu_name() is None
 
 
 def _seeded_doc(ref_seeds, chains):
@@ -478,6 +498,17 @@ def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
     (real / "metrics" / "train.json").write_text(json.dumps({"device": "cpu"}))
     assert "no git commit" in check_recipe({**no_git, "reference": [{**doc["reference"][0], "device": "cpu"}]},
                                            real, REPO / "params.yaml", repo)
+    # another GPU model: the train stage recorded the first run's
+    monkeypatch.setattr(more_seeds, "training_devices_now",
+                        lambda real: {"the peer": "cuda", "edgeopt's train stage": "cuda: NVIDIA A100"})
+    (real / "metrics" / "train.json").write_text(json.dumps({"device": "cuda", "device_name": "NVIDIA H200"}))
+    with pytest.raises(AddSeedsError, match="trained on cuda: NVIDIA H200 in the first run and would train on "
+                                            "cuda: NVIDIA A100"):
+        check_recipe(no_git, real, REPO / "params.yaml", repo)
+    monkeypatch.undo()
+    (real / "metrics" / "train.json").unlink()
+    # here, asked of a child process (the runner stays free of torch): this CPU machine trains both on the CPU
+    assert more_seeds.training_devices_now(real) == {"the peer": "cpu", "edgeopt's train stage": "cpu"}
     dirty = {**doc, "environment": {**doc["environment"], "git": {"commit": commit.strip(), "dirty": True}}}
     assert "uncommitted changes" in check_recipe(dirty, real, REPO / "params.yaml", repo)
 
@@ -616,8 +647,12 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     assert calls == [] and "table_stale" not in doc["seeds"] and doc["errors"] == []
     assert len({r["name"]: r for r in doc["compression"]["rows"]}["small_ov_int8"]["seeds"]["accuracy"]) == 4
     # a table derived by an older version (here: another verdict) is derived again from the files, no training
+    # (the training code may have changed since: nothing trains, so the recipe is not checked)
     doc["compression"]["targets"]["all_met"] = "derived otherwise"
     (out / "benchmark.json").write_text(json.dumps(doc))
+    from benchmarks import more_seeds
+
+    monkeypatch.setattr(more_seeds, "check_recipe", lambda *a: 1 / 0)
     assert main(["--add-seeds", str(out), "--seeds", "4"]) == 0
     assert calls == [] and read()["compression"]["targets"]["all_met"] is False
     written = (out / "benchmark.json").read_bytes()
@@ -644,7 +679,7 @@ def test_convergence_is_checked_on_every_seed(tmp_path):
     assert training["converged"] is False and training["val_gain"] == 2.5
     assert training["val_gain_per_seed"] == [0.2, 0.1, 2.5]
     t = compression.targets(_one_seed_table()["rows"], "small_ov_int8", "gate", _one_seed_table()["references"],
-                            training)
+                            training, _one_seed_table()["gate"])  # the gate passed: only convergence fails
     assert t["items"][0]["met"] is False and "gain per seed [0.2, 0.1, 2.5]" in t["items"][0]["detail"]
     assert t["all_met"] is False and "did not converge" in t["note"]
 
@@ -684,7 +719,8 @@ def test_targets_need_the_in_run_check_and_the_probe(tmp_path):
 
     def check(probe):
         training = compression._training(Paths(root), [], probe)
-        return training, compression.targets(table["rows"], "small_ov_int8", "gate", table["references"], training)
+        return training, compression.targets(table["rows"], "small_ov_int8", "gate", table["references"], training,
+                                             table["gate"])
 
     training, t = check(_probe(72.17, 76.20))  # passed in-run, failed the probe: not converged
     assert training["in_run_converged"] is True and training["converged"] is False
@@ -698,6 +734,7 @@ def test_targets_need_the_in_run_check_and_the_probe(tmp_path):
     assert "not shown" in t["note"] and "skipped" in t["items"][1]["detail"]
     training, t = check(_probe(76.20, 76.40))
     assert training["converged"] is True and t["items"][1]["met"] is True and t["note"] is None
+    assert t["all_met"] is True  # so above, convergence alone failed the targets
     md = markdown.render({"mode": "test", "compression": {**table, "targets": t, "protocol": {}}})
     assert ("| baseline converged (convergence probe: test gain from training it longer) | +0.20 pt | <= 0.5 pt "
             "| met |") in md
