@@ -544,8 +544,8 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
                    f"{(peer or {}).get('macs') or 0:,} MACs ({seeds(peer)})"},
         {"name": "passed edgeopt's own gate (a release would be promoted)", "value": (gate or {}).get("status"),
          "limit": "pass", "op": "==", "unit": "",
-         "detail": "no gate report" if not gate else _thresholds(gate.get("thresholds"))
-                   + (f"; {gate['error']}" if gate.get("error") else "")},
+         "detail": "no gate report" if not gate else "the gate of seed 0's chain (the run's pick); "
+                   + _thresholds(gate.get("thresholds")) + (f"; {gate['error']}" if gate.get("error") else "")},
     ]
     for it in items:
         v, lim = it["value"], it["limit"]
