@@ -376,7 +376,13 @@ def _training(paths: Paths, seed_dirs: list[Path] | None = None, probe: dict[str
             "in_run_converged": in_run, "val_gain": None if None in gains else max(gains),
             "val_gain_per_seed": gains, "probe": probe,
             "max_gain": ((m.get("ran_with") or {}).get("params") or {}).get("train", {}).get("converged_max_gain"),
-            "epochs": m.get("epochs_run")}
+            "epochs": m.get("epochs_run"), "val_images": _val_images(paths)}
+
+
+def _val_images(paths: Paths) -> int | None:
+    """How many validation images the in-run check counts: it resolves steps of 100 / n points, no finer."""
+    counts = ((_optional(paths.prepared / "meta.json") or {}).get("counts") or {}).get("val")
+    return sum(counts.values()) if isinstance(counts, dict) and counts else None
 
 
 def _optional(path: Path) -> dict[str, Any] | None:
@@ -511,6 +517,8 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
         {"name": "baseline converged (val gain over the last 20 % of epochs)", "value": training.get("val_gain"),
          "limit": training.get("max_gain"), "op": "<=", "unit": "pt",
          "detail": f"converged: {training.get('in_run_converged')}; {training.get('epochs')} epochs"
+                   + (f"; one validation image = {100 / training['val_images']:.2f} pt "
+                      f"({training['val_images']} images)" if training.get("val_images") else "")
                    + (f"; gain per seed {training['val_gain_per_seed']}"
                       if len(training.get("val_gain_per_seed") or []) > 1 else "")},
         {"name": "baseline converged (convergence probe: test gain from training it longer)",

@@ -671,6 +671,9 @@ def test_convergence_is_checked_on_every_seed(tmp_path):
         return root
 
     paths = Paths(train_metrics(tmp_path / "seed0", True, 0.2))
+    assert compression._training(paths)["val_images"] is None  # no prepared data: not said
+    paths.prepared.mkdir(parents=True)
+    (paths.prepared / "meta.json").write_text(json.dumps({"counts": {"val": {"cat": 300, "dog": 200}}}))
     assert compression._training(paths)["in_run_converged"] is True
     assert compression._training(paths)["converged"] is None  # the probe not run: not shown
     assert compression._training(paths, [], _probe(80.0, 80.1))["converged"] is True
@@ -681,6 +684,7 @@ def test_convergence_is_checked_on_every_seed(tmp_path):
     t = compression.targets(_one_seed_table()["rows"], "small_ov_int8", "gate", _one_seed_table()["references"],
                             training, _one_seed_table()["gate"])  # the gate passed: only convergence fails
     assert t["items"][0]["met"] is False and "gain per seed [0.2, 0.1, 2.5]" in t["items"][0]["detail"]
+    assert "one validation image = 0.20 pt (500 images)" in t["items"][0]["detail"]
     assert t["all_met"] is False and "did not converge" in t["note"]
 
 
