@@ -78,8 +78,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict(release_dir: str | Path, images: list[str | Path], top_k: int = 1, threads: int = 0) -> dict[str, Any]:
-    """Top-k (label, score) per image with the release in `release_dir` (already verified)."""
+def open_release(release_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[str], Path, str | None]:
+    """(manifest, input contract, class names, model file, runtime) of a verified release directory, each
+    checked: whatever a manifest says, the model file is one of its verified files inside the directory."""
     d = Path(release_dir)
     manifest = read_manifest(d)[1]
     contract, classes = check_contract(manifest, d / "manifest.json")
@@ -91,6 +92,12 @@ def predict(release_dir: str | Path, images: list[str | Path], top_k: int = 1, t
         model_path = confined(d, primary, "primary file")
     except PathEscapeError as exc:
         raise RegistryError(f"{d / 'manifest.json'}: {exc}") from None
+    return manifest, contract, classes, model_path, runtime
+
+
+def predict(release_dir: str | Path, images: list[str | Path], top_k: int = 1, threads: int = 0) -> dict[str, Any]:
+    """Top-k (label, score) per image with the release in `release_dir` (already verified)."""
+    manifest, contract, classes, model_path, runtime = open_release(release_dir)
     batch = load_images(images, contract)
     model = load_model(model_path, runtime=runtime, threads=threads)
     probs = softmax(predict_images(model, batch, contract["mean"], contract["std"]))

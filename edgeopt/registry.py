@@ -80,6 +80,15 @@ def check_file_name(rel: str) -> str:
     return rel
 
 
+def check_release_file(rel: str) -> str:
+    """A file shipped in a release: a plain name (check_file_name) that is not one edgeopt writes beside it."""
+    check_file_name(rel)
+    if PurePosixPath(rel).parts[0] in (MANIFEST, PULL_MARKER):
+        raise RegistryError(f"file name {rel!r} refused: {PurePosixPath(rel).parts[0]} is written by the registry "
+                            f"itself; rename the file")
+    return rel
+
+
 def load_json_doc(path: Path, what: str) -> Any:
     """A registry JSON file (manifest, record, pull marker): regular file, <= 16 MiB, no duplicate keys."""
     try:
@@ -114,6 +123,9 @@ def check_record(doc: Any, model: str, path: Path) -> dict[str, Any]:
                 isinstance(e, dict) and isinstance(e.get("version"), str) and _SEMVER.fullmatch(e["version"])
                 for e in history):
             raise bad(f"channel {channel}: history must be a list of entries with a version")
+        unknown = sorted({e["version"] for e in history} - set(doc["releases"]), key=semver_key)
+        if unknown:
+            raise bad(f"channel {channel}: history names version(s) {', '.join(unknown)} that are not releases")
     return doc
 
 
@@ -250,7 +262,7 @@ def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pull
     files = manifest["files"]
     for rel, info in files.items():
         try:
-            check_file_name(rel)
+            check_release_file(rel)
             f = d / rel
             if f.is_symlink() or not f.is_file():
                 problems.append(f"{f}: missing (or not a regular file)")
@@ -351,6 +363,10 @@ class Registry:
             except RegistryError as exc:
                 problems.append(str(exc))
                 continue
+            if model and not record["releases"] and not self.versions(m):
+                problems.append(f"{m}: no such model in the registry {self.root} (models: "
+                                f"{', '.join(self.models()) or 'none'})")
+                continue
             releases = record["releases"]
             for v in [version] if version else self.versions(m):
                 if v not in releases:
@@ -366,7 +382,13 @@ class Registry:
                 if not d.is_dir():
                     problems.append(f"{d}: release directory missing")
                     continue
-                problems += verify_dir(d, releases[v]["manifest_sha256"])
+                found = verify_dir(d, releases[v]["manifest_sha256"])
+                if not found:  # intact: then it must also say it is this release (publish writes both fields)
+                    said = self.manifest(m, v)
+                    if (said.get("name"), said.get("version")) != (m, v):
+                        found.append(f"{d / MANIFEST}: says it is {said.get('name')!r}@{said.get('version')!r}, "
+                                     f"not {m}@{v}")
+                problems += found
             for ch, info in record["channels"].items():
                 for entry in info.get("history", []):
                     rel = releases.get(entry["version"])
@@ -410,7 +432,7 @@ class Registry:
         if version is not None:
             version = check_version(version)
         for rel in files:
-            check_file_name(rel)
+            check_release_file(rel)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("lineage", {}), dict):
             raise RegistryError(f"{model}: manifest must be an object (and its lineage an object)")
         if "primary" in manifest and (not isinstance(manifest["primary"], str) or manifest["primary"] not in files):
@@ -442,8 +464,9 @@ class Registry:
                             "note": f"identical content to {model}@{latest}; no new release"}
             highest = max([*existing, *taken], key=semver_key, default=None)
             version = version or bump_version(highest, bump)
-            manifest = {"format": RELEASE_FORMAT, "name": model, "version": version, "created": now_iso(),
-                        "created_by": by, **manifest}
+            # which release this is and when it was made: the registry's to say, never the caller's
+            manifest = {"format": RELEASE_FORMAT, **manifest, "name": model, "version": version,
+                        "created": now_iso(), "created_by": by}
             manifest["lineage"] = {**manifest.get("lineage", {}), "parent": f"{model}@{latest}" if latest else None}
             manifest["files"] = {rel: {"sha256": h, "bytes": Path(files[rel]).stat().st_size}
                                  for rel, h in content.items()}
@@ -534,7 +557,7 @@ class Registry:
         problems = verify_dir(src, sha)
         if problems:
             raise RegistryError(f"{model}@{version} fails verification, not pulled: " + "; ".join(problems))
-        dest = Path(dest)
+        dest = self._absolute_destination(dest)
         self._check_destination(dest)
         files = list(self.manifest(model, version)["files"])
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -559,6 +582,24 @@ class Registry:
             kept = _remove_earlier_pull(old, dest) if old is not None else None
             clean_stale_siblings(dest)
         return {"model": model, "version": version, "path": dest, "files": len(files) + 1, "kept": kept}
+
+    @staticmethod
+    def _absolute_destination(dest: str | Path) -> Path:
+        """dest as an absolute path ("." has no name to put the temp copy and lock beside); not the working
+        directory or one above it: pull replaces dest in one rename, which would leave the shell in a deleted
+        directory."""
+        d = Path(os.path.abspath(dest))
+        try:
+            cwd = Path(os.path.realpath(os.getcwd()))
+        except FileNotFoundError:  # already in a deleted directory
+            raise RegistryError("the current directory no longer exists (replaced?); cd into a real directory "
+                                "and pull again") from None
+        real = Path(os.path.realpath(d))
+        if real == cwd or real in cwd.parents:
+            raise RegistryError(f"{dest}: is the current directory{'' if real == cwd else ' or holds it'}; pull "
+                                f"replaces the destination in one rename, so pull into a new directory instead "
+                                f"(e.g. --to release)")
+        return d
 
     def _check_destination(self, dest: Path) -> None:
         """Refuse a destination pull must not replace (see `pull`)."""

@@ -12,15 +12,15 @@ becomes visible; nothing already here is replaced.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import RegistryError
-from edgeopt.io import write_json
-from edgeopt.registry import MANIFEST, RECORD, Registry, check_name, check_version, verify_dir
+from edgeopt.errors import JSONFileError, RegistryError
+from edgeopt.io import loads_strict, sha256_bytes, write_json
+from edgeopt.registry import (MANIFEST, MAX_RECORD_BYTES, RECORD, Registry, check_name, check_record,
+                              check_release_file, read_manifest, verify_dir)
 
 REMOTE_DIR = "edgeopt-registry"
 
@@ -49,6 +49,8 @@ def merge_records(ours: dict[str, Any], theirs: dict[str, Any], model: str) -> d
     """Union of releases (a version must carry the same manifest on both sides) and, per channel, the longer
     of two histories one of which extends the other; anything else is a conflict."""
     merged = {**ours, "releases": dict(ours.get("releases") or {}), "channels": {}}
+    if not isinstance(theirs.get("releases", {}), dict) or not isinstance(theirs.get("channels", {}), dict):
+        raise RegistryError(f"{model}: the remote record is malformed (releases and channels must be objects)")
     for version, info in (theirs.get("releases") or {}).items():
         mine = merged["releases"].get(version)
         if mine is not None and mine.get("manifest_sha256") != info.get("manifest_sha256"):
@@ -65,18 +67,31 @@ def merge_records(ours: dict[str, Any], theirs: dict[str, Any], model: str) -> d
                                 "then point the channel again (`edgeopt registry promote MODEL@VERSION --channel "
                                 f"{ch}`)")
         merged["channels"][ch] = {"history": list(long_)}
-    return merged
+    return check_record(merged, model, Path(f"{model}/{RECORD} (merged)"))
 
 
-def _read_remote_json(fs, path: str) -> dict[str, Any] | None:
+def _read_remote_bytes(fs, path: str) -> bytes | None:
     if not fs.exists(path):
         return None
-    with fs.open(path, "r") as fh:
-        try:
-            doc = json.load(fh)
-        except ValueError as exc:
-            raise RegistryError(f"{path}: the remote registry record is not valid JSON ({exc})") from None
-    return doc if isinstance(doc, dict) else None
+    with fs.open(path, "rb") as fh:
+        raw = fh.read(MAX_RECORD_BYTES + 1)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise RegistryError(f"{path}: larger than {MAX_RECORD_BYTES} bytes; not a registry file")
+    return raw
+
+
+def _read_remote_record(fs, path: str, model: str) -> dict[str, Any] | None:
+    """The remote record of `model`, checked like a local one: a crafted or damaged remote record is refused
+    before anything is merged, so it can never replace a good record here (or be pushed back)."""
+    raw = _read_remote_bytes(fs, path)
+    if raw is None:
+        return None
+    try:
+        doc = loads_strict(raw)
+    except JSONFileError as exc:
+        raise RegistryError(f"{path}: the remote registry record is not valid JSON ({exc}); repair it on the "
+                            "remote (or push from a machine with a good record)") from None
+    return check_record(doc, model, path)  # type: ignore[arg-type]  # a remote path, named in the message
 
 
 def _remote_models(fs, base: str) -> list[str]:
@@ -92,20 +107,39 @@ def push(registry: Registry, fs, base: str) -> dict[str, Any]:
     with registry.locked():
         for model in registry.models():
             ours = registry.record(model)
-            theirs = _read_remote_json(fs, fs.join(base, model, RECORD)) or {"releases": {}, "channels": {}}
+            record_path = fs.join(base, model, RECORD)
+            before = _read_remote_bytes(fs, record_path)
+            theirs = _read_remote_record(fs, record_path, model) or {"releases": {}, "channels": {}}
             merged = merge_records(ours, theirs, model)
-            for version in sorted(set(ours["releases"]) - set(theirs.get("releases") or {})):
+            for version in sorted(set(ours["releases"]) - set(theirs["releases"])):
                 problems = registry.verify(model, version)
                 if problems:
                     raise RegistryError(f"{model}@{version} fails verification, not pushed: {'; '.join(problems)}")
+                sha = ours["releases"][version]["manifest_sha256"]
+                remote_manifest = fs.join(base, model, version, MANIFEST)
+                there = _read_remote_bytes(fs, remote_manifest)
+                if there is not None and sha256_bytes(there) == sha:
+                    done.setdefault(model, []).append(version)  # an earlier, interrupted push uploaded it
+                    continue
+                if there is not None:
+                    raise RegistryError(f"{model}@{version}: the remote already holds another release under this "
+                                        "version (pushed from another machine meanwhile?); fetch, then promote "
+                                        "again so this one gets the next version")
                 src = registry.release_dir(model, version)
                 files = list(registry.manifest(model, version)["files"]) + [MANIFEST]  # the manifest last
                 for rel in files:
                     fs.put_file(str(src / rel), fs.join(base, model, version, rel))
+                if sha256_bytes(_read_remote_bytes(fs, remote_manifest) or b"") != sha:
+                    raise RegistryError(f"{model}@{version}: another push wrote this version on the remote at the "
+                                        "same time; fetch, then promote again")
                 done.setdefault(model, []).append(version)
+            # compare-and-swap, as far as a plain remote allows: the record we merged with must still be there
+            if _read_remote_bytes(fs, record_path) != before:
+                raise RegistryError(f"{model}: the remote record changed while pushing (another push at the same "
+                                    "time?); run push again (the releases uploaded are kept and not sent twice)")
             with tempfile.TemporaryDirectory() as tmp:
                 write_json(Path(tmp) / RECORD, merged)
-                fs.put_file(str(Path(tmp) / RECORD), fs.join(base, model, RECORD))
+                fs.put_file(str(Path(tmp) / RECORD), record_path)
     return {"pushed": done, "remote": base}
 
 
@@ -115,23 +149,26 @@ def fetch(registry: Registry, fs, base: str) -> dict[str, Any]:
     with registry.locked():
         for model in _remote_models(fs, base):
             check_name(model)
-            theirs = _read_remote_json(fs, fs.join(base, model, RECORD)) or {}
+            theirs = _read_remote_record(fs, fs.join(base, model, RECORD), model) or {"releases": {}, "channels": {}}
             ours = registry.record(model)
             merged = merge_records(ours, theirs, model)
             local_versions = set(registry.versions(model))
-            for version in sorted(set(theirs.get("releases") or {}) - local_versions):
-                check_version(version)
+            for version in sorted(set(theirs["releases"]) - local_versions):
                 final = registry.release_dir(model, version)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
                 try:
                     tmp.chmod(0o755)
                     fs.get_file(fs.join(base, model, version, MANIFEST), str(tmp / MANIFEST))
-                    manifest = json.loads((tmp / MANIFEST).read_text())
-                    for rel in manifest.get("files") or {}:
+                    if sha256_bytes((tmp / MANIFEST).read_bytes()) != theirs["releases"][version]["manifest_sha256"]:
+                        raise RegistryError(f"{model}@{version}: the remote manifest differs from the remote record; "
+                                            "not fetched")
+                    for rel in read_manifest(tmp)[1]["files"]:
+                        try:
+                            check_release_file(rel)
+                        except RegistryError as exc:
+                            raise RegistryError(f"{model}@{version}: remote manifest: {exc}") from None
                         target = tmp / rel
-                        if tmp.resolve() not in target.resolve().parents:
-                            raise RegistryError(f"{model}@{version}: remote manifest names {rel!r} outside the release")
                         target.parent.mkdir(parents=True, exist_ok=True)
                         fs.get_file(fs.join(base, model, version, rel), str(target))
                     problems = verify_dir(tmp, theirs["releases"][version]["manifest_sha256"])

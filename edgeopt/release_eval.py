@@ -259,19 +259,13 @@ def evaluate_release(release_dir: str | Path, data_dir: str | Path, load: Callab
                      max_drop: float = DEFAULT_MAX_DROP, batch_size: int = DEFAULT_BATCH,
                      threads: int = 0) -> dict[str, Any]:
     """The report for an already verified release directory (see edgeopt.releases.resolve_release)."""
-    import json
-
-    from edgeopt.errors import RuntimeModelError
+    from edgeopt.predict import open_release
     from edgeopt.runtime import load_model
 
-    d = Path(release_dir)
-    manifest = json.loads((d / "manifest.json").read_text())
-    if manifest.get("input", {}).get("layout", "NCHW") != "NCHW":
-        raise RuntimeModelError(f"{d / 'manifest.json'}: input layout {manifest['input']['layout']!r} is not "
-                                "supported (NCHW only)")
+    manifest, _, classes, model_path, runtime = open_release(release_dir)  # contract and model file checked
     name = f"{manifest.get('name')}@{manifest.get('version')}"
-    folder = scan_folder(data_dir, [str(c) for c in manifest["classes"]], name)
-    model = load_model(d / manifest["primary"], runtime=manifest.get("runtime"), threads=threads)
+    folder = scan_folder(data_dir, classes, name)
+    model = load_model(model_path, runtime=runtime, threads=threads)
     return summarize(manifest, folder, evaluate_folder(model, manifest, folder, load, batch_size), max_drop)
 
 

@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("verify", parents=[common], help="check every file's sha256 and every manifest's record")
     s.add_argument("ref", nargs="?", help="MODEL or MODEL@VERSION|CHANNEL (default: the whole registry)")
     s.add_argument("--dir", metavar="DIR", help="verify a pulled release directory against its manifest instead")
+    s.add_argument("--allow-empty", action="store_true",
+                   help="exit 0 when the registry holds no release (default: exit 1, nothing was verified)")
     s = sub.add_parser("rollback", parents=[common], help="move a channel back to its previous version")
     s.add_argument("model", help="model name")
     s.add_argument("--channel", required=True, help="channel to roll back, e.g. production")
@@ -99,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
         data = {"release": f"{model}@{version}", "channels": channels, "verified": not problems,
                 "problems": problems, "record": record["releases"][version], "manifest": manifest}
         _out(args, data, _show_text(model, version, manifest, channels, problems))
-        return 0
+        return 1 if problems else 0  # a script may use show as its check: a failed verification is a failure
     if args.action == "promote":
         return _promote(args, reg)
     if args.action == "pull":
@@ -113,6 +115,9 @@ def main(args: argparse.Namespace) -> int:
             model, version = reg.resolve(args.ref) if "@" in args.ref else (args.ref, None)
         problems = reg.verify(model, version)
         n = 0 if problems else 1 if version else sum(len(reg.versions(m)) for m in ([model] if model else reg.models()))
+        if not problems and n == 0 and not args.allow_empty:  # a wrong path or an unpulled registry must not pass CI
+            problems = [f"{reg.root}: no release to verify (registry.root wrong, or the registry not fetched / "
+                        "`dvc pull`ed yet?); --allow-empty accepts an empty registry"]
         return _report_problems(args, problems, f"{reg.root}: {n} release(s) verified, all files and manifests intact")
     if args.action in ("push", "fetch"):
         from edgeopt import registry_remote

@@ -39,17 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from edgeopt.io import atomic_write_bytes, write_json
-    from edgeopt.predict import load_image
+    from edgeopt.predict import load_image, open_release
     from edgeopt.release_eval import confusion_png, evaluate_release, format_text
     from edgeopt.releases import resolve_release
 
     release_dir = resolve_release(args.release, args.registry, args.params, args.root, args.overrides)  # verified
-    manifest = json.loads((release_dir / "manifest.json").read_text())
-    load = functools.partial(load_image, contract=manifest["input"])
+    manifest, contract, _, _, _ = open_release(release_dir)  # a crafted contract is refused before any image
+    load = functools.partial(load_image, contract=contract)
+    out = Path(args.out) if args.out else Path("release-eval") / _default_folder(manifest)  # before the work
     # a DATA_DIR that does not fit the release raises FolderMismatch: exit 2 like any argument error
     report = evaluate_release(release_dir, args.data_dir, load, max_drop=args.max_drop, batch_size=args.batch_size,
                               threads=args.threads)
-    out = Path(args.out) if args.out else Path("release-eval") / f"{manifest['name']}-{manifest['version']}"
     try:
         png: str | None = str(atomic_write_bytes(out / "confusion.png", confusion_png(report)))
     except ImportError:  # a device install without matplotlib: the numbers are all in the JSON
@@ -62,3 +62,14 @@ def main(args: argparse.Namespace) -> int:
         print(format_text(report))
         print(f"Wrote {out / 'report.json'}" + (f", {png}" if png else " (no PNG: matplotlib is not installed)"))
     return EXIT_NONE_PASS if report["status"] == "drift" else 0
+
+
+def _default_folder(manifest: dict) -> str:
+    """release-eval/<name>-<version>, from checked names only: a manifest cannot send the report elsewhere."""
+    from edgeopt.errors import RegistryError
+    from edgeopt.registry import check_name, check_version
+
+    try:
+        return f"{check_name(manifest.get('name'))}-{check_version(manifest.get('version'))}"
+    except RegistryError as exc:
+        raise RegistryError(f"the release's manifest: {exc}; pass --out DIR for the report") from None

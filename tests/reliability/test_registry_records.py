@@ -36,6 +36,8 @@ RECORD_CASES = {
                               "registry record malformed (release key '../../x' is not a version)"),
     "history_a_dict": (lambda p: _edit(p, lambda d: d["channels"]["production"].update(history={"version": "0.0.1"})),
                        "registry record malformed (channel production: history must be a list"),
+    "history_of_no_release": (lambda p: _edit(p, lambda d: d["channels"]["production"]["history"].append(
+        {"version": "9.9.9"})), "registry record malformed (channel production: history names version(s) 9.9.9"),
     "other_models_record": (lambda p: _edit(p, lambda d: d.update(model="other")),
                             "registry record malformed (it is the record of model 'other')"),
     "no_manifest_hash": (lambda p: _edit(p, lambda d: d["releases"]["0.0.1"].pop("manifest_sha256")),

@@ -1,0 +1,214 @@
+"""The registry's seams beyond its own directory: a crafted remote record cannot damage the local one, two
+pushes of one version cannot silently replace each other, `verify` and `show` never pass CI on nothing or on a
+failed check, a caller's manifest cannot rename a release, and `evaluate-release` checks a pulled manifest the
+way `predict` does."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from dvc_objects.fs.local import LocalFileSystem
+
+from edgeopt import registry_remote
+from edgeopt.cli import main as cli_main
+from edgeopt.errors import RegistryError
+from edgeopt.io import read_json, sha256_bytes, sha256_file, write_json
+from edgeopt.registry import Registry
+
+
+def remote_with(reg: Registry, tmp_path: Path) -> tuple[LocalFileSystem, str]:
+    """A remote (a local folder) holding everything `reg` has."""
+    fs, base = LocalFileSystem(), str(tmp_path / "remote" / registry_remote.REMOTE_DIR)
+    registry_remote.push(reg, fs, base)
+    return fs, base
+
+
+CRAFTED_REMOTE = {
+    "traversal_channel": lambda d: d["channels"].update({"Prod/../x": {"history": [{"version": "0.0.1"}]}}),
+    "v_prefixed_release": lambda d: d["releases"].update({"v1.0.0": dict(d["releases"]["0.0.1"])}),
+    "history_of_no_release": lambda d: d["channels"]["production"]["history"].append({"version": "7.0.0"}),
+    "entry_not_an_object": lambda d: d["channels"]["production"]["history"].append("0.0.2"),
+    "releases_a_list": lambda d: d.update(releases=[]),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED_REMOTE))
+def test_a_crafted_remote_record_is_refused_and_the_local_one_kept(reg, tmp_path, case):
+    fs, base = remote_with(reg, tmp_path)
+    remote_record = Path(base) / "m" / "registry.json"
+    doc = read_json(remote_record)
+    CRAFTED_REMOTE[case](doc)
+    remote_record.write_text(json.dumps(doc))
+    here = Registry(tmp_path / "here")
+    registry_remote.fetch(here, fs, str(Path(base).with_name("empty")))  # nothing there: a no-op
+    mine = reg.root / "m" / "registry.json"
+    before = mine.read_bytes()
+    for action, target in (("fetch", reg), ("fetch", here), ("push", reg)):
+        with pytest.raises(RegistryError, match="malformed|not a version|not releases"):
+            getattr(registry_remote, action)(target, fs, base)
+    assert mine.read_bytes() == before and reg.verify() == []  # nothing merged, nothing damaged
+    assert not (here.root / "m" / "registry.json").exists()
+    assert json.loads(remote_record.read_text()) == doc  # push did not spread it either
+
+
+def test_a_remote_manifest_that_differs_from_the_remote_record_is_not_fetched(reg, tmp_path):
+    fs, base = remote_with(reg, tmp_path)
+    manifest = Path(base) / "m" / "0.0.2" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"two"', '"evil"'))
+    here = Registry(tmp_path / "here")
+    with pytest.raises(RegistryError, match="remote manifest differs from the remote record"):
+        registry_remote.fetch(here, fs, base)
+    assert "0.0.2" not in here.versions("m") and not list((here.root / "m").glob(".incoming-*"))
+
+
+def test_two_machines_pushing_one_version_cannot_replace_each_other(reg, tmp_path):
+    """A and B both made their own 0.0.3: the second push is refused, the first one's release stays whole."""
+    fs, base = remote_with(reg, tmp_path)
+    other = Registry(tmp_path / "other")
+    registry_remote.fetch(other, fs, base)
+    src = tmp_path / "src"
+    (src / "a.onnx").write_bytes(b"machine a")
+    (src / "b.onnx").write_bytes(b"machine b")
+    reg.publish("m", {"model.onnx": src / "a.onnx"}, {"primary": "model.onnx"})
+    other.publish("m", {"model.onnx": src / "b.onnx"}, {"primary": "model.onnx"})
+    # A's files are up, its record not yet (B pushes in between): B must not overwrite them
+    a_release = Path(base) / "m" / "0.0.3"
+    for rel in ("model.onnx", "manifest.json"):
+        fs.put_file(str(reg.release_dir("m", "0.0.3") / rel), str(a_release / rel))
+    with pytest.raises(RegistryError, match="already holds another release under this version"):
+        registry_remote.push(other, fs, base)
+    assert (a_release / "model.onnx").read_bytes() == b"machine a"
+    # A's push finishes (its files are there already: not sent twice), and B learns of the clash on fetch
+    assert registry_remote.push(reg, fs, base)["pushed"] == {"m": ["0.0.3"]}
+    with pytest.raises(RegistryError, match="differs between this registry and the remote"):
+        registry_remote.fetch(other, fs, base)
+    fresh = Registry(tmp_path / "fresh")
+    registry_remote.fetch(fresh, fs, base)
+    assert (fresh.release_dir("m", "0.0.3") / "model.onnx").read_bytes() == b"machine a" and fresh.verify() == []
+
+
+def test_a_push_refuses_when_the_remote_record_moved_meanwhile(reg, tmp_path, monkeypatch):
+    fs, base = remote_with(reg, tmp_path)
+    src = tmp_path / "src"
+    (src / "c.onnx").write_bytes(b"three")
+    reg.publish("m", {"model.onnx": src / "c.onnx"}, {"primary": "model.onnx"})
+    record = Path(base) / "m" / "registry.json"
+    real = fs.put_file
+
+    def put_and_race(lpath, rpath, **kw):  # another machine writes the record while our files go up
+        real(lpath, rpath, **kw)
+        if rpath.endswith("manifest.json"):
+            doc = read_json(record)
+            doc["channels"]["staging"] = {"history": [dict(doc["channels"]["production"]["history"][0])]}
+            record.write_text(json.dumps(doc))
+
+    monkeypatch.setattr(fs, "put_file", put_and_race)
+    with pytest.raises(RegistryError, match="remote record changed while pushing"):
+        registry_remote.push(reg, fs, base)
+    assert "staging" in read_json(record)["channels"] and "0.0.3" not in read_json(record)["releases"]
+    monkeypatch.undo()
+    assert registry_remote.push(reg, fs, base)["pushed"] == {"m": ["0.0.3"]}  # retried: merged with theirs
+    assert {"staging", "production"} <= set(read_json(record)["channels"])
+
+
+def test_verify_never_passes_on_nothing(tmp_path, reg, capsys):
+    assert cli_main(["registry", "verify", "--registry", str(tmp_path / "no-such-dir")]) == 1
+    assert "no release to verify" in capsys.readouterr().err
+    assert cli_main(["registry", "verify", "--registry", str(tmp_path / "no-such-dir"), "--allow-empty"]) == 0
+    assert cli_main(["registry", "verify", "mm", "--registry", str(reg.root)]) == 1  # a typo of "m"
+    assert "mm: no such model in the registry" in capsys.readouterr().err
+    assert cli_main(["registry", "verify", "m", "--registry", str(reg.root)]) == 0
+    assert "2 release(s) verified" in capsys.readouterr().out
+
+
+def test_show_fails_when_the_release_fails_verification(reg, capsys):
+    assert cli_main(["registry", "show", "m@production", "--registry", str(reg.root), "--json"]) == 0
+    f = reg.release_dir("m", "0.0.1") / "model.onnx"
+    f.chmod(0o644)
+    f.write_bytes(b"tampered")
+    capsys.readouterr()
+    assert cli_main(["registry", "show", "m@production", "--registry", str(reg.root), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["verified"] is False
+
+
+@pytest.mark.parametrize("name, message", [("manifest.json", "written by the registry itself"),
+                                           ("manifest.json/model.onnx", "written by the registry itself"),
+                                           (".edgeopt-pull.json", "refused: release files must be")])
+def test_a_release_file_cannot_take_a_name_the_registry_writes(reg, tmp_path, name, message):
+    src = tmp_path / "f.onnx"
+    src.write_bytes(b"x")
+    with pytest.raises(RegistryError, match=message):
+        reg.publish("m", {name: src}, {})
+    assert reg.versions("m") == ["0.0.1", "0.0.2"] and reg.verify() == []
+
+
+def test_a_callers_manifest_cannot_rename_the_release(reg, tmp_path):
+    src = tmp_path / "f.onnx"
+    src.write_bytes(b"new")
+    res = reg.publish("m", {"model.onnx": src}, {"name": "other", "version": "7.7.7", "created": "1970",
+                                                  "primary": "model.onnx", "format": "onnx"})
+    manifest = reg.manifest("m", res["version"])
+    assert (manifest["name"], manifest["version"], res["version"]) == ("m", "0.0.3", "0.0.3")
+    assert manifest["created"] != "1970" and manifest["format"] == "onnx"  # the model's format: the caller's
+
+
+def test_verify_catches_a_manifest_naming_another_release(reg):
+    """Edited with its hash updated in the record (someone with write access): it still says what it is."""
+    d = reg.release_dir("m", "0.0.2")
+    mpath = d / "manifest.json"
+    mpath.chmod(0o644)
+    mpath.write_text(mpath.read_text().replace('"version": "0.0.2"', '"version": "0.0.1"'))
+    record_path = reg.root / "m" / "registry.json"
+    record = read_json(record_path)
+    record["releases"]["0.0.2"]["manifest_sha256"] = sha256_file(mpath)
+    write_json(record_path, record)
+    assert any("says it is 'm'@'0.0.1', not m@0.0.2" in p for p in reg.verify())
+
+
+def test_pull_into_the_current_directory_is_refused_with_what_to_do(reg, tmp_path, monkeypatch):
+    """pull replaces its destination in one rename: into "." the shell would be left in a deleted directory."""
+    here = tmp_path / "device"
+    (here / "sub").mkdir(parents=True)
+    monkeypatch.chdir(here / "sub")
+    for dest in (".", "..", str(here)):
+        with pytest.raises(RegistryError, match="pull into a new directory instead"):
+            reg.pull("m@production", dest)
+    assert sorted(os.listdir(here)) == ["sub"] and Path.cwd() == here / "sub"
+    assert reg.pull("m@production", "release")["path"] == here / "sub" / "release"  # relative: fine
+    assert (here / "sub" / "release" / "model.onnx").read_bytes() == b"model one"
+
+
+def _crafted_pulled_dir(tmp_path: Path, **manifest) -> Path:
+    d = tmp_path / "pulled"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(b"not really a model")
+    doc = {"name": "m", "version": "0.0.1", "primary": "model.onnx", "runtime": "onnxruntime", "classes": ["a", "b"],
+           "files": {"model.onnx": {"sha256": sha256_bytes(b"not really a model")}},
+           "input": {"channels": 3, "resize": {"size": [32, 32]}, "mean": [0.5] * 3, "std": [0.25] * 3,
+                     "layout": "NCHW"}}
+    doc.update(manifest)
+    (d / "manifest.json").write_text(json.dumps(doc))
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("input", {"channels": 3, "resize": {"size": [400000, 400000]}, "mean": [0.5] * 3, "std": [0.25] * 3},
+     "input contract refused: resize.size"),
+    ("input", {"channels": 3, "resize": {"size": [32, 32]}, "mean": [0.5] * 3, "std": [0.0] * 3},
+     "input contract refused: mean/std"),
+    ("primary", "../outside.onnx", "primary file '../outside.onnx'"),
+    ("name", "../../../../escape", "pass --out DIR"),
+    ("version", "x/../../elsewhere", "pass --out DIR"),
+])
+def test_evaluate_release_checks_a_pulled_manifest_like_predict(tmp_path, monkeypatch, capsys, field, value, message):
+    d = _crafted_pulled_dir(tmp_path, **{field: value})
+    monkeypatch.chdir(tmp_path)
+    code = cli_main(["evaluate-release", str(d), str(tmp_path / "data")])
+    assert code not in (0, None) and message in capsys.readouterr().err
+    assert not (tmp_path / "release-eval").exists() and not (tmp_path.parent / "escape").exists()
+    assert sorted(os.listdir(d)) == ["manifest.json", "model.onnx"]
