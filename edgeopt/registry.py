@@ -259,6 +259,10 @@ def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pull
             problems.append(f"{mpath}: manifest edited after the pull (sha256 differs from {PULL_MARKER})")
     elif manifest_sha256 and sha256_bytes(raw) != manifest_sha256:
         problems.append(f"{mpath}: manifest edited after promotion (sha256 differs from the registry record)")
+    if marker is not None and (manifest.get("name"), manifest.get("version")) != (marker.get("model"),
+                                                                                marker.get("version")):
+        problems.append(f"{mpath}: says it is {manifest.get('name')!r}@{manifest.get('version')!r}, but "
+                        f"{marker.get('release')!r} was pulled here ({PULL_MARKER})")
     files = manifest["files"]
     for rel, info in files.items():
         try:

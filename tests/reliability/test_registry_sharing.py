@@ -167,6 +167,18 @@ def test_verify_catches_a_manifest_naming_another_release(reg):
     assert any("says it is 'm'@'0.0.1', not m@0.0.2" in p for p in reg.verify())
 
 
+def test_a_pulled_copy_must_say_it_is_the_release_pulled(reg, tmp_path):
+    from edgeopt.registry import PULL_MARKER, verify_dir
+
+    d = tmp_path / "release"
+    reg.pull("m@0.0.2", d)
+    assert verify_dir(d, pulled=True) == []
+    marker = read_json(d / PULL_MARKER)
+    marker["model"], marker["version"] = "m", "0.0.1"  # a marker re-pointed by hand (hash kept consistent)
+    (d / PULL_MARKER).write_text(json.dumps(marker))
+    assert any("says it is 'm'@'0.0.2'" in p for p in verify_dir(d, pulled=True))
+
+
 def test_pull_into_the_current_directory_is_refused_with_what_to_do(reg, tmp_path, monkeypatch):
     """pull replaces its destination in one rename: into "." the shell would be left in a deleted directory."""
     here = tmp_path / "device"
