@@ -82,10 +82,10 @@ def check_file_name(rel: str) -> str:
 
 def check_release_file(rel: str) -> str:
     """A file shipped in a release: a plain name (check_file_name) that is not one edgeopt writes beside it."""
-    check_file_name(rel)
-    if PurePosixPath(rel).parts[0] in (MANIFEST, PULL_MARKER):
-        raise RegistryError(f"file name {rel!r} refused: {PurePosixPath(rel).parts[0]} is written by the registry "
-                            f"itself; rename the file")
+    check_file_name(rel)  # (this already refuses dot names such as the pull marker)
+    if PurePosixPath(rel).parts[0].casefold() == MANIFEST:  # casefold: one file on macOS / Windows disks
+        raise RegistryError(f"file name {rel!r} refused: {MANIFEST} is written by the registry itself; rename "
+                            f"the file")
     return rel
 
 
@@ -592,12 +592,14 @@ class Registry:
         """dest as an absolute path ("." has no name to put the temp copy and lock beside); not the working
         directory or one above it: pull replaces dest in one rename, which would leave the shell in a deleted
         directory."""
-        d = Path(os.path.abspath(dest))
         try:
             cwd = Path(os.path.realpath(os.getcwd()))
-        except FileNotFoundError:  # already in a deleted directory
-            raise RegistryError("the current directory no longer exists (replaced?); cd into a real directory "
-                                "and pull again") from None
+        except FileNotFoundError:  # in a deleted directory: only a relative dest needs it
+            if not Path(dest).is_absolute():
+                raise RegistryError("the current directory no longer exists (replaced?); cd into a real "
+                                    "directory, or give an absolute --to") from None
+            return Path(dest)
+        d = Path(os.path.abspath(dest))
         real = Path(os.path.realpath(d))
         if real == cwd or real in cwd.parents:
             raise RegistryError(f"{dest}: is the current directory{'' if real == cwd else ' or holds it'}; pull "

@@ -67,7 +67,11 @@ def merge_records(ours: dict[str, Any], theirs: dict[str, Any], model: str) -> d
                                 "then point the channel again (`edgeopt registry promote MODEL@VERSION --channel "
                                 f"{ch}`)")
         merged["channels"][ch] = {"history": list(long_)}
-    return check_record(merged, model, Path(f"{model}/{RECORD} (merged)"))
+    try:
+        return check_record(merged, model, Path(f"{model}/{RECORD}"))
+    except RegistryError as exc:  # both sides were checked: only a bug gets here; say so, write nothing
+        raise RegistryError(f"{model}: merging this registry's record with the remote's gave a malformed one "
+                            f"({exc}); nothing was written") from None
 
 
 def _read_remote_bytes(fs, path: str) -> bytes | None:
@@ -81,9 +85,12 @@ def _read_remote_bytes(fs, path: str) -> bytes | None:
 
 
 def _read_remote_record(fs, path: str, model: str) -> dict[str, Any] | None:
+    return _parse_remote_record(_read_remote_bytes(fs, path), path, model)
+
+
+def _parse_remote_record(raw: bytes | None, path: str, model: str) -> dict[str, Any] | None:
     """The remote record of `model`, checked like a local one: a crafted or damaged remote record is refused
     before anything is merged, so it can never replace a good record here (or be pushed back)."""
-    raw = _read_remote_bytes(fs, path)
     if raw is None:
         return None
     try:
@@ -108,8 +115,8 @@ def push(registry: Registry, fs, base: str) -> dict[str, Any]:
         for model in registry.models():
             ours = registry.record(model)
             record_path = fs.join(base, model, RECORD)
-            before = _read_remote_bytes(fs, record_path)
-            theirs = _read_remote_record(fs, record_path, model) or {"releases": {}, "channels": {}}
+            before = _read_remote_bytes(fs, record_path)  # one read: what is merged is what is compared below
+            theirs = _parse_remote_record(before, record_path, model) or {"releases": {}, "channels": {}}
             merged = merge_records(ours, theirs, model)
             for version in sorted(set(ours["releases"]) - set(theirs["releases"])):
                 problems = registry.verify(model, version)
@@ -123,15 +130,17 @@ def push(registry: Registry, fs, base: str) -> dict[str, Any]:
                     continue
                 if there is not None:
                     raise RegistryError(f"{model}@{version}: the remote already holds another release under this "
-                                        "version (pushed from another machine meanwhile?); fetch, then promote "
-                                        "again so this one gets the next version")
+                                        "version, not yet in its record (another machine's push of it is unfinished "
+                                        "or running now). Two releases under one version: once that push is done, "
+                                        "`fetch` names the clash; versions are never reused, so one of the two "
+                                        "must be renamed by hand (nothing was uploaded)")
                 src = registry.release_dir(model, version)
                 files = list(registry.manifest(model, version)["files"]) + [MANIFEST]  # the manifest last
                 for rel in files:
                     fs.put_file(str(src / rel), fs.join(base, model, version, rel))
                 if sha256_bytes(_read_remote_bytes(fs, remote_manifest) or b"") != sha:
                     raise RegistryError(f"{model}@{version}: another push wrote this version on the remote at the "
-                                        "same time; fetch, then promote again")
+                                        "same time: two releases under one version; rename one of them by hand")
                 done.setdefault(model, []).append(version)
             # compare-and-swap, as far as a plain remote allows: the record we merged with must still be there
             if _read_remote_bytes(fs, record_path) != before:
@@ -159,10 +168,11 @@ def fetch(registry: Registry, fs, base: str) -> dict[str, Any]:
                 tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
                 try:
                     tmp.chmod(0o755)
-                    fs.get_file(fs.join(base, model, version, MANIFEST), str(tmp / MANIFEST))
-                    if sha256_bytes((tmp / MANIFEST).read_bytes()) != theirs["releases"][version]["manifest_sha256"]:
-                        raise RegistryError(f"{model}@{version}: the remote manifest differs from the remote record; "
-                                            "not fetched")
+                    raw = _read_remote_bytes(fs, fs.join(base, model, version, MANIFEST)) or b""  # size-capped
+                    if sha256_bytes(raw) != theirs["releases"][version]["manifest_sha256"]:
+                        raise RegistryError(f"{model}@{version}: the remote manifest differs from the remote record "
+                                            "(or is missing); not fetched")
+                    (tmp / MANIFEST).write_bytes(raw)
                     for rel in read_manifest(tmp)[1]["files"]:
                         try:
                             check_release_file(rel)

@@ -6,7 +6,7 @@ work on a device without params.yaml when `--registry DIR` is given.
     edgeopt registry promote --from-gate --channel production      # the gate's pick (idempotent)
     edgeopt registry promote digits-classifier@0.0.3 --channel production
     edgeopt registry pull digits-classifier@production --to release/
-    edgeopt registry verify [digits-classifier[@1.2.0]] | --dir release/
+    edgeopt registry verify [digits-classifier[@1.2.0]] [--allow-empty] | --dir release/
     edgeopt registry rollback digits-classifier --channel production
     edgeopt registry push [--remote NAME]        # share through the project's DVC remote
     edgeopt registry fetch [--remote NAME]

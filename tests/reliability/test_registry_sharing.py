@@ -77,7 +77,7 @@ def test_two_machines_pushing_one_version_cannot_replace_each_other(reg, tmp_pat
     a_release = Path(base) / "m" / "0.0.3"
     for rel in ("model.onnx", "manifest.json"):
         fs.put_file(str(reg.release_dir("m", "0.0.3") / rel), str(a_release / rel))
-    with pytest.raises(RegistryError, match="already holds another release under this version"):
+    with pytest.raises(RegistryError, match="already holds another release under this version.*unfinished"):
         registry_remote.push(other, fs, base)
     assert (a_release / "model.onnx").read_bytes() == b"machine a"
     # A's push finishes (its files are there already: not sent twice), and B learns of the clash on fetch
@@ -87,6 +87,30 @@ def test_two_machines_pushing_one_version_cannot_replace_each_other(reg, tmp_pat
     fresh = Registry(tmp_path / "fresh")
     registry_remote.fetch(fresh, fs, base)
     assert (fresh.release_dir("m", "0.0.3") / "model.onnx").read_bytes() == b"machine a" and fresh.verify() == []
+
+
+def test_a_push_that_stopped_before_its_manifest_is_simply_sent_again(reg, tmp_path):
+    fs, base = remote_with(reg, tmp_path)
+    src = tmp_path / "src"
+    (src / "d.onnx").write_bytes(b"four")
+    reg.publish("m", {"model.onnx": src / "d.onnx"}, {"primary": "model.onnx"})
+    half = Path(base) / "m" / "0.0.3"
+    half.mkdir()
+    (half / "model.onnx").write_bytes(b"half of fo")  # killed mid-file, before the manifest
+    assert registry_remote.push(reg, fs, base)["pushed"] == {"m": ["0.0.3"]}
+    fresh = Registry(tmp_path / "fresh")
+    registry_remote.fetch(fresh, fs, base)
+    assert (fresh.release_dir("m", "0.0.3") / "model.onnx").read_bytes() == b"four" and fresh.verify() == []
+
+
+def test_pull_from_a_deleted_working_directory(reg, tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(RegistryError, match="current directory no longer exists"):
+        reg.pull("m@production", "release")
+    assert reg.pull("m@production", tmp_path / "abs")["version"] == "0.0.1"  # an absolute --to is fine
 
 
 def test_a_push_refuses_when_the_remote_record_moved_meanwhile(reg, tmp_path, monkeypatch):
@@ -135,7 +159,7 @@ def test_show_fails_when_the_release_fails_verification(reg, capsys):
 
 @pytest.mark.parametrize("name, message", [("manifest.json", "written by the registry itself"),
                                            ("manifest.json/model.onnx", "written by the registry itself"),
-                                           (".edgeopt-pull.json", "refused: release files must be")])
+                                           ("Manifest.JSON", "written by the registry itself")])
 def test_a_release_file_cannot_take_a_name_the_registry_writes(reg, tmp_path, name, message):
     src = tmp_path / "f.onnx"
     src.write_bytes(b"x")
