@@ -328,6 +328,9 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
         except ParamsError as exc:
             doc["errors"].append(f"baseline_int8 side run: {exc}")
         doc["cost"]["baseline_int8"] = side.summary()
+        if not side.summary()["ok"]:
+            doc["errors"].append("baseline_int8 side run failed (the plain-INT8 row is missing): " + "; ".join(
+                f"{k}: {v['reason']}" for k, v in side.summary()["stages"].items() if v["status"] == "failed"))
         save()
 
     # 5. every row under one protocol, ratios, targets
@@ -339,6 +342,8 @@ def run(args: argparse.Namespace, argv: list[str], profile, out: Path, say) -> i
                 batch=profile.batch, batch_runs=profile.batch_runs, say=say, peers=peers, seed_accuracy=seed_acc,
                 seed_dirs=[Path(c["workdir"]) for c in ((doc.get("seeds") or {}).get("chains") or {}).values()],
                 probe=doc.get("convergence_probe"))
+            doc["errors"] += [f"compression row {r['name']}: {r.get('reason')}" for r in doc["compression"]["rows"]
+                              if r.get("status") == "failed"]  # a row not measured: the run is not whole
         except Exception as exc:
             doc["errors"].append(f"compression rows: {type(exc).__name__}: {exc}")
             traceback.print_exc()

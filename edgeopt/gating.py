@@ -327,6 +327,9 @@ def build_report(params: Params, paths: Paths, latency_report: str | Path | None
                          "pass a report from `edgeopt bench --out`" if latency_report else
                          "run `edgeopt bench` (`dvc repro bench`)")
     rows, measured = build_rows(params, paths, cands_doc, evaluate, latency, eval_path, lat_path)
+    if not rows:  # an input problem (exit 4), not "none passes" (exit 3): there was nothing to judge
+        raise StaleInputsError(f"{paths.candidates}: lists no candidate, so there is nothing to gate; re-run "
+                               "`edgeopt export` (`dvc repro export`) and check its log")
     tolerance = params.gate.latency_tolerance
     passed = rank_rows([r for r in rows if r["verdict"] == "pass"], params.gate.rank_by, tolerance)
     for group in (False, True):  # on the Pareto front of the passing candidates (baselines apart), for reports

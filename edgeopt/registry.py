@@ -264,6 +264,8 @@ def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pull
         problems.append(f"{mpath}: says it is {manifest.get('name')!r}@{manifest.get('version')!r}, but "
                         f"{marker.get('release')!r} was pulled here ({PULL_MARKER})")
     files = manifest["files"]
+    if not files:
+        problems.append(f"{mpath}: lists no files: nothing of the release can be verified (or run)")
     for rel, info in files.items():
         try:
             check_release_file(rel)
@@ -435,6 +437,8 @@ class Registry:
         check_name(model)
         if version is not None:
             version = check_version(version)
+        if not files:
+            raise RegistryError(f"{model}: a release needs at least one file")
         for rel in files:
             check_release_file(rel)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("lineage", {}), dict):

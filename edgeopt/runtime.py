@@ -366,7 +366,7 @@ def targets_from_candidates(candidates_json: str | Path, runtimes: tuple[str, ..
                 for rel in hashes:
                     confined(base, rel, f"candidate {c['name']!r}: file")
             except PathEscapeError as exc:
-                skipped[c["name"]] = {"runtime": c.get("runtime"), "status": "failed",
+                skipped[c["name"]] = {"runtime": c.get("runtime"), "status": "failed", "refused": True,
                                       "reason": f"not benchmarked: {exc}"}
                 continue
             targets.append(BenchTarget(c["name"], primary, c["runtime"], expected_sha256=dict(hashes),

@@ -182,9 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         print(f"sweep: {state.message}", file=sys.stderr)
         return 1
-    best = state.result()["best"]
-    print(f"best: {best['id']} ({best['selected']})" if best else "no configuration passes the gates")
-    return 0
+    doc = state.result()
+    best = doc["best"]
+    if best:
+        print(f"best: {best['id']} ({best['selected']})")
+        return 0
+    reached = [c for c in doc["configs"] if c["status"] != "failed"]
+    print(f"no configuration passes the gates ({len(reached)} of {len(doc['configs'])} reached the gate)",
+          file=sys.stderr)
+    return 3 if reached else 1  # as `edgeopt gate`: 3 none passes; 1 none got that far (a stage failed)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,48 @@ def artifacts_of(flow_run_id) -> dict[str, object]:
 
 
 # --- the graph, from dvc.yaml --------------------------------------------------------------------------------
+def test_promote_is_never_replayed_from_dvcs_run_cache():
+    """DVC run-caches stages whose outputs are uncached too: after a param is changed and reverted, it would
+    restore metrics/promote.json ("staging -> 0.0.1") and exit 0 without touching the registry (whose channel
+    points elsewhere). A persist output is what DVC's run cache refuses (dvc.stage.cache._can_hash)."""
+    import inspect
+
+    from dvc.repo import Repo
+    from dvc.stage import cache
+
+    assert "out.persist" in inspect.getsource(cache._can_hash)  # the rule this relies on, in this DVC
+    with Repo(str(REPO)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+    assert any(o.persist for o in stages["promote"].outs), "promote must not be run-cacheable"
+    assert not any(o.persist for n, s in stages.items() if n != "promote" for o in s.outs)  # the rest may be
+
+
+@pytest.mark.parametrize("statuses, best, code", [(["pass", "none_pass"], {"id": "c1", "selected": "x"}, 0),
+                                                  (["none_pass", "failed"], None, 3),
+                                                  (["failed", "failed"], None, 1)])
+def test_sweep_exit_code_says_whether_any_configuration_passed(monkeypatch, capsys, statuses, best, code):
+    """As `edgeopt gate`: 3 when configurations reached the gate and none passed, 1 when none got that far."""
+    from flows import sweep as sweep_flow
+
+    class Done:
+        def is_completed(self):
+            return True
+
+        def result(self):
+            return {"best": best, "configs": [{"id": f"c{i}", "status": st} for i, st in enumerate(statuses)]}
+
+    class Flow:
+        description = sweep_flow.sweep.description
+
+        def __call__(self, **kw):
+            return Done()
+
+    monkeypatch.setattr(sweep_flow, "sweep", Flow())
+    assert sweep_flow.main(["--ratio", "0.5"]) == code
+    if code:
+        assert "no configuration passes the gates" in capsys.readouterr().err
+
+
 def test_stage_graph_follows_dvc_yaml():
     from edgeopt.pipeline import closure, execution_order, load_pipeline, upstream
 

@@ -157,6 +157,18 @@ def test_bench_measured_other_candidate_set_is_stale(release_project):
         gate(release_project)
 
 
+def test_no_candidate_at_all_is_an_input_problem_not_none_passes(release_project):
+    """exit 4 (inputs), not 3 ("no candidate passes"): a CI reading 3 as "the model was not good enough"
+    would be misled by an export that produced nothing."""
+    for name in ("models/exported/candidates.json", "metrics/evaluate.json", "metrics/bench.json"):
+        path = release_project / name
+        doc = read_json(path)
+        doc["candidates"] = [] if isinstance(doc["candidates"], list) else {}
+        write_json(path, doc)
+    with pytest.raises(StaleInputsError, match="lists no candidate, so there is nothing to gate"):
+        gate(release_project)
+
+
 def test_exit_codes_in_subprocess(release_project, tmp_path):
     ok = run_cli(release_project, "gate")
     assert ok.returncode == 0, ok.stderr

@@ -84,7 +84,13 @@ def device_main(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if args.out is None:
         print(json.dumps(report, indent=2))
-    failed = [n for n, r in report["candidates"].items() if r["status"] == "failed" and n not in skipped]
+    # failed here, or refused (a record naming a file outside its directory): both are failures for CI;
+    # a candidate that failed at export or whose runtime is excluded was never this command's to time
+    failed = [n for n, r in report["candidates"].items()
+              if r["status"] == "failed" and (n not in skipped or skipped[n].get("refused"))]
+    if not any(r["status"] == "ok" for r in report["candidates"].values()):
+        print("bench: nothing was timed (no candidate to benchmark); see the reasons above", file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 

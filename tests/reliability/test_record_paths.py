@@ -166,10 +166,11 @@ def test_evaluate_and_bench_fail_only_the_candidate_with_an_escaping_path(releas
     assert "file '../../../evil.onnx' refused: must be a relative path inside" in row["reason"]
     assert all(r["status"] == "ok" and r["accuracy"] > 80 for n, r in metrics["candidates"].items()
                if n != "finetuned_ort_int8_dynamic")
-    # device-side bench of the same candidates.json: that candidate is failed with the reason, the others timed
+    # device-side bench of the same candidates.json: that candidate is failed with the reason, the others timed,
+    # and the exit is 1: a record pointing outside its directory is a failure a CI step must see
     res = run_cli(root, "bench", "--candidates", "models/exported/candidates.json", "--runs", "3", "--warmup", "0",
                   "--out", str(tmp_path / "device.json"))
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr
     report = read_json(tmp_path / "device.json")["candidates"]
     assert report["finetuned_ort_int8_dynamic"]["status"] == "failed"
     assert "primary file '../../../evil.onnx' refused" in report["finetuned_ort_int8_dynamic"]["reason"]

@@ -248,3 +248,22 @@ def test_evaluate_release_checks_a_pulled_manifest_like_predict(tmp_path, monkey
     assert code not in (0, None) and message in capsys.readouterr().err
     assert not (tmp_path / "release-eval").exists() and not (tmp_path.parent / "escape").exists()
     assert sorted(os.listdir(d)) == ["manifest.json", "model.onnx"]
+
+
+def test_a_manifest_listing_no_files_verifies_nothing_so_fails(tmp_path, reg):
+    from edgeopt.registry import verify_dir
+
+    d = tmp_path / "empty-release"
+    d.mkdir()
+    (d / "manifest.json").write_text('{"files": {}}')
+    assert any("lists no files" in p for p in verify_dir(d, pulled=True))
+    assert cli_main(["registry", "verify", "--dir", str(d)]) == 1
+    with pytest.raises(RegistryError, match="at least one file"):
+        reg.publish("m", {}, {})
+
+
+def test_device_bench_that_timed_nothing_fails(tmp_path, capsys):
+    cands = tmp_path / "candidates.json"
+    cands.write_text(json.dumps({"candidates": []}))
+    assert cli_main(["bench", "--candidates", str(cands), "--out", str(tmp_path / "out.json")]) == 1
+    assert "nothing was timed" in capsys.readouterr().err
