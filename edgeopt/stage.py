@@ -146,7 +146,7 @@ def failure_metrics(exc: Exception, t0: float) -> dict[str, Any]:
 
 def record_failure(path: Path, record: dict[str, Any]) -> None:
     """metrics/<stage>.json of a failed run: the latest run's record, as DVC sees it too (`dvc repro` removes a
-    stage's outputs, metrics included, before running it). The stage's other outputs are written atomically, so
+    stage's outputs, metrics included, before running it; promote's own entry point does it for its persist one). The stage's other outputs are written atomically, so
     a failed run leaves them as they were; only this record says it failed."""
     try:
         write_json(path, record)
@@ -187,8 +187,11 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
     return decorate
 
 
-def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
+def stage_main(fn: StageFn, argv: list[str] | None = None, *, clear_metrics: bool = False) -> int:
     """`python -m stages.<name> [--params F] [--set k=v] [--root D] [-v]`: what dvc.yaml runs for a stage.
+
+    clear_metrics: remove metrics/<stage>.json first, as `dvc repro` does for an output that is not `persist`
+    (promote's is, see dvc.yaml): a run killed before writing must not leave the last run's record looking current.
 
     Exit codes as the CLI's: known errors print one line `edgeopt <stage>: error: ...` (the Prefect flow shows
     that line as the reason) and exit with their code; unknown ones keep their traceback."""
@@ -202,6 +205,8 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> int:
     add_params_args(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if clear_metrics:
+        Paths(Path(args.root)).metrics(name).unlink(missing_ok=True)
     from edgeopt.logs import setup_logging
 
     setup_logging(args.verbose)

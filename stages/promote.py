@@ -379,4 +379,4 @@ def run(params: Params, paths: Paths, channel: str | None = None, candidate: str
 
 
 if __name__ == "__main__":  # what dvc.yaml runs: python -m stages.<name>
-    sys.exit(stage_main(run))
+    sys.exit(stage_main(run, clear_metrics=True))  # its output is persist (no run-cache replay): DVC keeps it

@@ -319,6 +319,20 @@ def test_when_the_gate_passes_none_the_targets_show_the_nearest_release_and_are_
     assert table["targets"]["candidate"] == "student_ov_int8" and table["targets"]["all_met"] is False
 
 
+def test_the_run_is_not_whole_when_a_row_was_not_measured_but_a_rejected_candidate_is_a_result():
+    from benchmarks.__main__ import unmeasured_rows
+
+    rows = [{"name": "baseline_ov_int8", "kind": "baseline", "status": "failed", "reason": "side quantize failed"},
+            {"name": "finetuned_ov_int8", "kind": "candidate", "status": "failed", "reason": "parity 0.62 < 0.9"},
+            {"name": "student_ov_int8", "kind": "candidate", "status": "failed", "reason": "latency: crashed"},
+            {"name": "peer_bare_script", "kind": "peer", "status": "ok", "reason": None}]
+    doc = {"errors": [], "compression": {"rows": rows}}
+    assert unmeasured_rows(doc) == ["compression row baseline_ov_int8: side quantize failed",
+                                    "compression row student_ov_int8: latency: crashed"]
+    doc["errors"].append("baseline_int8 side run failed (the plain-INT8 row is missing): quantize: boom")
+    assert unmeasured_rows(doc) == ["compression row student_ov_int8: latency: crashed"]  # said once
+
+
 def test_etas_reuse_only_an_earlier_run_with_the_same_overrides(tmp_path):
     from benchmarks.chain import previous_timings, run_setup
 

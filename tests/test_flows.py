@@ -79,6 +79,22 @@ def test_promote_is_never_replayed_from_dvcs_run_cache():
     assert not any(o.persist for n, s in stages.items() if n != "promote" for o in s.outs)  # the rest may be
 
 
+def test_promote_entry_point_clears_its_persist_record_before_running(tmp_path):
+    """DVC keeps a persist output: a promote killed before writing would leave the last release's record."""
+    from edgeopt.stage import stage_main
+
+    def promote(params, paths):
+        raise KeyboardInterrupt
+
+    promote.stage_name = "promote"
+    record = tmp_path / "metrics" / "promote.json"
+    record.parent.mkdir()
+    args = ["--root", str(tmp_path), "--params", str(REPO / "params.yaml")]
+    record.write_text('{"status": "ok", "release": "m@0.0.1"}')
+    assert stage_main(promote, args) != 0 and record.exists()  # other stages: DVC removes their outputs
+    assert stage_main(promote, args, clear_metrics=True) != 0 and not record.exists()
+
+
 @pytest.mark.parametrize("statuses, best, code", [(["pass", "none_pass"], {"id": "c1", "selected": "x"}, 0),
                                                   (["none_pass", "failed"], None, 3),
                                                   (["failed", "failed"], None, 1)])

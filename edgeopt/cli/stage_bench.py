@@ -88,10 +88,12 @@ def device_main(args: argparse.Namespace) -> int:
     # a candidate that failed at export or whose runtime is excluded was never this command's to time
     failed = [n for n, r in report["candidates"].items()
               if r["status"] == "failed" and (n not in skipped or skipped[n].get("refused"))]
-    if not any(r["status"] == "ok" for r in report["candidates"].values()):
-        print("bench: nothing was timed (no candidate to benchmark); see the reasons above", file=sys.stderr)
+    if failed:
         return 1
-    return 1 if failed else 0
+    if not any(r["status"] == "ok" for r in report["candidates"].values()):
+        print("bench: nothing was timed (no candidate to benchmark)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _or(value, default):
