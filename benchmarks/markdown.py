@@ -129,9 +129,10 @@ def render(doc: dict[str, Any]) -> str:
                    f"{_n(b.get('goal_s'), ',.0f')} s; {parts}; longest stages: {longest}")
     for add in doc.get("added_seeds") or []:
         at = (add.get("git") or {}).get("short")
-        out.append(f"- seeds {', '.join(map(str, add.get('seeds') or [])) or 'none'} added by `--add-seeds` "
-                   f"(started {add.get('started')}, {_n(add.get('wall_s'), ',.0f')} s, git {at}): the peer and "
-                   "train .. evaluate per seed; sizes, MACs and latencies are seed 0's"
+        when = f"(started {add.get('started')}, {_n(add.get('wall_s'), ',.0f')} s, git {at})"
+        out.append((f"- seeds {', '.join(map(str, add['seeds']))} added by `--add-seeds` {when}: the peer and "
+                    "train .. evaluate per seed; sizes, MACs and latencies are seed 0's" if add.get("seeds") else
+                    f"- table re-derived from the seeds' files by `--add-seeds` {when}, no training")
                    + (f"; {add['note']}" if add.get("note") else ""))
     for cut in s.get("cut") or []:
         out.append(f"- left out of this run: {cut}")

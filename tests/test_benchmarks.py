@@ -669,6 +669,7 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     monkeypatch.setattr(more_seeds, "check_recipe", lambda *a: 1 / 0)
     assert main(["--add-seeds", str(out), "--seeds", "4"]) == 0
     assert calls == [] and read()["compression"]["targets"]["all_met"] is False
+    assert "table re-derived from the seeds' files by `--add-seeds`" in (out / "benchmark.md").read_text()
     written = (out / "benchmark.json").read_bytes()
     assert main(["--add-seeds", str(out), "--seeds", "4"]) == 0 and (out / "benchmark.json").read_bytes() == written
 
