@@ -99,8 +99,12 @@ def load_json_doc(path: Path, what: str) -> Any:
         raise RegistryError(f"{path}: {what} unreadable ({exc})") from None
 
 
-def check_record(doc: Any, model: str, path: Path) -> dict[str, Any]:
-    """A registry record with the expected shape, else RegistryError naming what is wrong (hand-edited?)."""
+def check_record(doc: Any, model: str, path: Path, *, shared: bool = False) -> dict[str, Any]:
+    """A registry record with the expected shape, else RegistryError naming what is wrong (hand-edited?).
+
+    shared: a record coming from (or going to) a remote: every history entry must also name its release's
+    manifest. Locally `verify` reports such an entry; merged in, it could never be removed again (histories
+    only grow), so a remote record carrying one is refused whole."""
     def bad(what: str) -> RegistryError:
         return RegistryError(f"{path}: registry record malformed ({what}); restore it from version control or "
                              f"a backup (registry.json edited?)")
@@ -126,6 +130,11 @@ def check_record(doc: Any, model: str, path: Path) -> dict[str, Any]:
         unknown = sorted({e["version"] for e in history} - set(doc["releases"]), key=semver_key)
         if unknown:
             raise bad(f"channel {channel}: history names version(s) {', '.join(unknown)} that are not releases")
+        wrong = sorted({e["version"] for e in history if shared and e.get("manifest_sha256")
+                        != doc["releases"][e["version"]]["manifest_sha256"]}, key=semver_key)
+        if wrong:
+            raise bad(f"channel {channel}: history entries for {', '.join(wrong)} do not name that release's "
+                      f"manifest sha256")
     return doc
 
 
@@ -239,11 +248,13 @@ def read_pull_marker(d: Path) -> dict[str, Any] | None:
     return doc
 
 
-def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pulled: bool = False) -> list[str]:
+def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pulled: bool = False,
+               release: tuple[str, str] | None = None) -> list[str]:
     """Problems of a release directory against its manifest (and against the recorded manifest hash).
 
-    pulled: a copy made by `pull`: its marker file is expected, and the manifest hash it recorded is checked when
-    no `manifest_sha256` is given.
+    pulled: a copy made by `pull`: its marker file is expected (a damaged one is a problem), and the manifest
+    hash it recorded is checked when no `manifest_sha256` is given.
+    release: (model, version) the manifest must say it is (publish writes both fields).
     """
     d = Path(release_dir)
     mpath = d / MANIFEST
@@ -253,6 +264,11 @@ def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pull
         return [str(exc)]
     problems = []
     marker = read_pull_marker(d) if pulled else None
+    if pulled and marker is None and ((d / PULL_MARKER).exists() or (d / PULL_MARKER).is_symlink()):
+        problems.append(f"{d / PULL_MARKER}: damaged (not the marker pull writes); pull the release again")
+    if release is not None and (manifest.get("name"), manifest.get("version")) != release:
+        problems.append(f"{mpath}: says it is {manifest.get('name')!r}@{manifest.get('version')!r}, not "
+                        f"{release[0]}@{release[1]}")
     if manifest_sha256 is None and marker is not None and isinstance(marker.get("manifest_sha256"), str):
         manifest_sha256 = marker["manifest_sha256"]
         if sha256_bytes(raw) != manifest_sha256:
@@ -388,13 +404,7 @@ class Registry:
                 if not d.is_dir():
                     problems.append(f"{d}: release directory missing")
                     continue
-                found = verify_dir(d, releases[v]["manifest_sha256"])
-                if not found:  # intact: then it must also say it is this release (publish writes both fields)
-                    said = self.manifest(m, v)
-                    if (said.get("name"), said.get("version")) != (m, v):
-                        found.append(f"{d / MANIFEST}: says it is {said.get('name')!r}@{said.get('version')!r}, "
-                                     f"not {m}@{v}")
-                problems += found
+                problems += verify_dir(d, releases[v]["manifest_sha256"], release=(m, v))
             for ch, info in record["channels"].items():
                 for entry in info.get("history", []):
                     rel = releases.get(entry["version"])
@@ -441,6 +451,11 @@ class Registry:
             raise RegistryError(f"{model}: a release needs at least one file")
         for rel in files:
             check_release_file(rel)
+        folded: dict[str, str] = {}
+        for rel in sorted(files):  # one file on a macOS / Windows disk: the release would never verify there
+            if folded.setdefault(rel.casefold(), rel) != rel:
+                raise RegistryError(f"file names {folded[rel.casefold()]!r} and {rel!r} refused: they differ only "
+                                    f"in case; rename one")
         if not isinstance(manifest, dict) or not isinstance(manifest.get("lineage", {}), dict):
             raise RegistryError(f"{model}: manifest must be an object (and its lineage an object)")
         if "primary" in manifest and (not isinstance(manifest["primary"], str) or manifest["primary"] not in files):
@@ -528,7 +543,8 @@ class Registry:
             record = self.record(model)
             if version not in record["releases"]:
                 raise RegistryError(f"{model}@{version}: no such release in {self.root}")
-            problems = verify_dir(self.release_dir(model, version), record["releases"][version]["manifest_sha256"])
+            problems = verify_dir(self.release_dir(model, version), record["releases"][version]["manifest_sha256"],
+                                  release=(model, version))
             if problems:
                 raise RegistryError(f"{model}@{version} fails verification, not pointing {channel!r} at it: "
                                     + "; ".join(problems))
@@ -562,7 +578,7 @@ class Registry:
         record = self.record(model)
         sha = record["releases"][version]["manifest_sha256"]
         src = self.release_dir(model, version)
-        problems = verify_dir(src, sha)
+        problems = verify_dir(src, sha, release=(model, version))
         if problems:
             raise RegistryError(f"{model}@{version} fails verification, not pulled: " + "; ".join(problems))
         dest = self._absolute_destination(dest)
@@ -693,13 +709,26 @@ def _pull_lock(dest: Path, timeout: float) -> Iterator[None]:
         lock.release()
 
 
+def _as_pulled(d: Path, marker: dict[str, Any]) -> dict[str, str]:
+    """{file: sha256} of an earlier pull as it was pulled ({} when its manifest was edited: nothing is known)."""
+    try:
+        raw, manifest = read_manifest(d)
+    except RegistryError:
+        return {}
+    if sha256_bytes(raw) != marker.get("manifest_sha256"):
+        return {}
+    return {MANIFEST: sha256_bytes(raw), **{rel: info["sha256"] for rel, info in manifest["files"].items()}}
+
+
 def _remove_earlier_pull(old: Path, dest: Path) -> str | None:
-    """Delete a replaced earlier pull: only the files its marker lists, then its empty directories. Anything
-    else (written into it while we pulled) is kept, renamed next to `dest`; returns that path then."""
-    marker = read_pull_marker(old)
-    for rel in (marker or {}).get("files", []) + [PULL_MARKER]:
+    """Delete a replaced earlier pull: only the files its marker lists and that are still as pulled, then its
+    empty directories. Anything else (a file edited since, one written into it while we pulled) is kept, the
+    directory renamed next to `dest`; returns that path then."""
+    marker = read_pull_marker(old) or {}
+    pulled = _as_pulled(old, marker)
+    for rel in marker.get("files", []) + [PULL_MARKER]:
         f = old / rel
-        if f.is_symlink() or f.is_file():
+        if f.is_symlink() or (f.is_file() and (rel == PULL_MARKER or sha256_file(f) == pulled.get(rel))):
             with contextlib.suppress(OSError):
                 f.unlink()
     for d in sorted((p for p in old.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):

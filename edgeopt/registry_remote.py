@@ -68,10 +68,10 @@ def merge_records(ours: dict[str, Any], theirs: dict[str, Any], model: str) -> d
                                 f"{ch}`)")
         merged["channels"][ch] = {"history": list(long_)}
     try:
-        return check_record(merged, model, Path(f"{model}/{RECORD}"))
-    except RegistryError as exc:  # both sides were checked: only a bug gets here; say so, write nothing
+        return check_record(merged, model, Path(f"{model}/{RECORD}"), shared=True)
+    except RegistryError as exc:  # the remote's was checked: this registry's history is wrong (`verify` says)
         raise RegistryError(f"{model}: merging this registry's record with the remote's gave a malformed one "
-                            f"({exc}); nothing was written") from None
+                            f"({exc}); nothing was written. Run `edgeopt registry verify`") from None
 
 
 def _read_remote_bytes(fs, path: str) -> bytes | None:
@@ -98,7 +98,7 @@ def _parse_remote_record(raw: bytes | None, path: str, model: str) -> dict[str, 
     except JSONFileError as exc:
         raise RegistryError(f"{path}: the remote registry record is not valid JSON ({exc}); repair it on the "
                             "remote (or push from a machine with a good record)") from None
-    return check_record(doc, model, path)  # type: ignore[arg-type]  # a remote path, named in the message
+    return check_record(doc, model, path, shared=True)  # type: ignore[arg-type]  # a remote path, named
 
 
 def _remote_models(fs, base: str) -> list[str]:
@@ -125,10 +125,9 @@ def push(registry: Registry, fs, base: str) -> dict[str, Any]:
                 sha = ours["releases"][version]["manifest_sha256"]
                 remote_manifest = fs.join(base, model, version, MANIFEST)
                 there = _read_remote_bytes(fs, remote_manifest)
-                if there is not None and sha256_bytes(there) == sha:
-                    done.setdefault(model, []).append(version)  # an earlier, interrupted push uploaded it
-                    continue
-                if there is not None:
+                # the same manifest there: an earlier push was cut off after it. Its files are uploaded again
+                # all the same (same bytes): a manifest proves nothing about the files beside it on the remote
+                if there is not None and sha256_bytes(there) != sha:
                     raise RegistryError(f"{model}@{version}: the remote already holds another release under this "
                                         "version, not yet in its record (another machine's push of it is unfinished "
                                         "or running now). Two releases under one version: once that push is done, "
@@ -145,7 +144,7 @@ def push(registry: Registry, fs, base: str) -> dict[str, Any]:
             # compare-and-swap, as far as a plain remote allows: the record we merged with must still be there
             if _read_remote_bytes(fs, record_path) != before:
                 raise RegistryError(f"{model}: the remote record changed while pushing (another push at the same "
-                                    "time?); run push again (the releases uploaded are kept and not sent twice)")
+                                    "time?); run push again (its releases are uploaded again, the same bytes)")
             with tempfile.TemporaryDirectory() as tmp:
                 write_json(Path(tmp) / RECORD, merged)
                 fs.put_file(str(Path(tmp) / RECORD), record_path)
@@ -153,7 +152,8 @@ def push(registry: Registry, fs, base: str) -> dict[str, Any]:
 
 
 def fetch(registry: Registry, fs, base: str) -> dict[str, Any]:
-    """Download the releases this registry lacks, verify each against the remote record, then merge records."""
+    """Download the releases this registry lacks, verify each against the remote record, then merge records.
+    A model's releases become visible together, with its record: one that fails leaves none of them here."""
     done: dict[str, list[str]] = {}
     with registry.locked():
         for model in _remote_models(fs, base):
@@ -161,37 +161,51 @@ def fetch(registry: Registry, fs, base: str) -> dict[str, Any]:
             theirs = _read_remote_record(fs, fs.join(base, model, RECORD), model) or {"releases": {}, "channels": {}}
             ours = registry.record(model)
             merged = merge_records(ours, theirs, model)
-            local_versions = set(registry.versions(model))
-            for version in sorted(set(theirs["releases"]) - local_versions):
-                final = registry.release_dir(model, version)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
-                try:
-                    tmp.chmod(0o755)
-                    raw = _read_remote_bytes(fs, fs.join(base, model, version, MANIFEST)) or b""  # size-capped
-                    if sha256_bytes(raw) != theirs["releases"][version]["manifest_sha256"]:
-                        raise RegistryError(f"{model}@{version}: the remote manifest differs from the remote record "
-                                            "(or is missing); not fetched")
-                    (tmp / MANIFEST).write_bytes(raw)
-                    for rel in read_manifest(tmp)[1]["files"]:
-                        try:
-                            check_release_file(rel)
-                        except RegistryError as exc:
-                            raise RegistryError(f"{model}@{version}: remote manifest: {exc}") from None
-                        target = tmp / rel
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        fs.get_file(fs.join(base, model, version, rel), str(target))
-                    problems = verify_dir(tmp, theirs["releases"][version]["manifest_sha256"])
-                    if problems:
-                        raise RegistryError(f"{model}@{version} from the remote fails verification, not fetched: "
-                                            + "; ".join(problems))
-                    for f in tmp.rglob("*"):
-                        if f.is_file():
-                            f.chmod(0o444)
+            staged: list[tuple[Path, Path]] = []
+            try:
+                for version in sorted(set(theirs["releases"]) - set(ours["releases"])):
+                    final = registry.release_dir(model, version)
+                    sha = theirs["releases"][version]["manifest_sha256"]
+                    if final.exists() or final.is_symlink():  # on disk, not in our record: a promotion cut off
+                        if final.is_symlink() or verify_dir(final, sha, release=(model, version)):
+                            raise RegistryError(f"{final}: a release directory this registry never recorded (a "
+                                                f"promotion cut off), and not the remote's {model}@{version}; "
+                                                "remove it (`edgeopt registry verify` names it), then fetch again")
+                        continue  # the very release the remote records: the merged record adopts it
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
+                    staged.append((tmp, final))
+                    _download(fs, fs.join(base, model, version), tmp, sha, model, version)
+                for tmp, final in staged:
                     tmp.rename(final)
-                except BaseException:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
-                done.setdefault(model, []).append(version)
+                    done.setdefault(model, []).append(final.name)
+            finally:
+                for tmp, _ in staged:
+                    shutil.rmtree(tmp, ignore_errors=True)  # (gone once renamed)
             write_json(registry.root / model / RECORD, merged)
     return {"fetched": done, "remote": base}
+
+
+def _download(fs, remote_dir: str, tmp: Path, sha: str, model: str, version: str) -> None:
+    """One release from the remote into `tmp`, verified against the remote record's manifest hash."""
+    tmp.chmod(0o755)
+    raw = _read_remote_bytes(fs, fs.join(remote_dir, MANIFEST)) or b""  # size-capped
+    if sha256_bytes(raw) != sha:
+        raise RegistryError(f"{model}@{version}: the remote manifest differs from the remote record (or is missing); "
+                            "not fetched")
+    (tmp / MANIFEST).write_bytes(raw)
+    for rel in read_manifest(tmp)[1]["files"]:
+        try:
+            check_release_file(rel)
+        except RegistryError as exc:
+            raise RegistryError(f"{model}@{version}: remote manifest: {exc}") from None
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(fs.join(remote_dir, rel), str(target))
+    problems = verify_dir(tmp, sha, release=(model, version))
+    if problems:
+        raise RegistryError(f"{model}@{version} from the remote fails verification, not fetched: "
+                            + "; ".join(problems))
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            f.chmod(0o444)

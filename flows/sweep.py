@@ -68,6 +68,13 @@ def run_configs(configs: list[dict[str, Any]], params_file: str, overrides: list
     return {cid: stopped_because(final_states(f)) or lost_on_cluster(f) for cid, f in futures.items()}
 
 
+def forget_results(paths: Paths) -> None:
+    """Remove an earlier sweep's results from a reused work dir: a configuration that stops before its gate
+    this time must not be judged by the last run's report."""
+    for f in (paths.metrics("evaluate"), paths.metrics("bench"), paths.report("gate.json")):
+        f.unlink(missing_ok=True)
+
+
 def config_result(cfg: dict[str, Any], stopped: str | None) -> tuple[dict, list[dict], dict | None]:
     """One configuration's outcome (from its gate report) and its compressed candidates' report rows."""
     cand_rows, gate = release_rows(Paths(Path(cfg["workdir"])))
@@ -159,6 +166,7 @@ def sweep(params_file: str = "params.yaml", overrides: list[str] | None = None, 
         return Failed(message=str(exc))
     for cfg in configs:
         cfg["workdir"] = link_shared_inputs(str(shared), str(out_dir / cfg["id"]))
+        forget_results(Paths(Path(cfg["workdir"])))
     logger.info("sweep %s: %d configurations on %s", name, len(configs), address or f"a local Dask cluster "
                 f"({n_workers} workers x 1 thread)")
     stopped = run_configs.with_options(task_runner=dask_runner(address, n_workers))(

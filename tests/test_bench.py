@@ -125,6 +125,21 @@ def test_device_bench_runs_without_torch_and_without_params(tiny_project, tmp_pa
     assert report["candidates"]["baseline_fp32_ort"]["sha256"] == \
         {"baseline_fp32_ort/model.onnx": sha256_file(onnx_file)}
 
+    # a --model row named like a candidate that failed at export keeps a name of its own: its failure counts
+    doc = json.loads(paths.candidates.read_text())
+    doc["candidates"].append({"name": "broken", "status": "failed", "reason": "export failed"})
+    cands = paths.candidates.with_name("with-broken.json")
+    cands.write_text(json.dumps(doc))
+    corrupt = device / "broken" / "model.onnx"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"not a model")
+    proc = _run(["-m", "edgeopt.cli", "bench", "--candidates", str(cands), "--model", str(corrupt), "--runs", "5",
+                 "--out", str(out)], env, device)
+    rows = json.loads(out.read_text())["candidates"]
+    assert proc.returncode == 1 and rows["broken_onnxruntime"]["status"] == "failed", proc.stderr
+    assert rows["broken"]["reason"].startswith("not benchmarked: failed at export")
+    assert rows["baseline_fp32_ort"]["status"] == "ok"
+
     # a corrupt model: exit 1, the message names the file; a tampered pulled copy is refused
     onnx_file.write_bytes(onnx_file.read_bytes()[:3000])
     proc = _run(["-m", "edgeopt.cli", "bench", "--model", str(onnx_file), "--runs", "5"], env, device)

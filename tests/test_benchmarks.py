@@ -521,8 +521,12 @@ def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
         check_recipe(no_git, real, REPO / "params.yaml", repo)
     monkeypatch.undo()
     (real / "metrics" / "train.json").unlink()
-    # here, asked of a child process (the runner stays free of torch): this CPU machine trains both on the CPU
-    assert more_seeds.training_devices_now(real) == {"the peer": "cpu", "edgeopt's train stage": "cpu"}
+    # here, asked of a child process (the runner stays free of torch): a CPU machine trains both on the CPU
+    import torch
+
+    here = {"the peer": "cpu", "edgeopt's train stage": "cpu"} if not torch.cuda.is_available() else {
+        "the peer": "cuda", "edgeopt's train stage": f"cuda: {torch.cuda.get_device_name(0)}"}
+    assert more_seeds.training_devices_now(real) == here
     dirty = {**doc, "environment": {**doc["environment"], "git": {"commit": commit.strip(), "dirty": True}}}
     assert "uncommitted changes" in check_recipe(dirty, real, REPO / "params.yaml", repo)
 
@@ -564,6 +568,20 @@ def test_add_seeds_moves_means_spreads_and_targets(tmp_path, monkeypatch):
     assert items["accuracy drop vs the baseline"]["met"] is False
     assert items["more accurate than the bare script + prune + KD at equal or fewer MACs"]["value"] == -0.8333
     assert "3 seed(s), std 1.0" in items["accuracy drop vs the baseline"]["detail"]
+
+
+def test_a_drop_compares_only_the_seeds_both_rows_have(tmp_path, monkeypatch):
+    """Seed 1 of the candidate has no figure (its chain failed there): its mean over seeds 0 and 2 against the
+    baseline's over 0, 1 and 2 would compare different seeds (here: drop -1.33, 'better than its baseline')."""
+    from edgeopt.paths import Paths
+
+    table = _one_seed_table()
+    monkeypatch.setattr(compression, "peer_accuracy", lambda *a: [])
+    compression.add_seeds(table, Paths(tmp_path), None, [],
+                          {"baseline_fp32_ort": [86.0, 90.0], "small_ov_int8": [None, 90.0]})
+    item = next(it for it in table["targets"]["items"] if it["name"] == "accuracy drop vs the baseline")
+    assert item["value"] == 0.0 and "the drop on the 2 seed(s) both have" in item["detail"]
+    assert compression._mean_drop({"drop_against": "b", "accuracy": 1.0}, {"b": {"accuracy": 3.0}}) == 2.0
 
 
 def _finished_run(tmp_path: Path) -> Path:

@@ -542,6 +542,30 @@ def test_sweep_results_rank_configs_like_the_gate_and_keep_the_pareto_front(tmp_
     assert by_accuracy["best"]["id"] == "prune0.25-k16-ov_int8"
 
 
+def test_a_sweep_run_again_is_never_judged_by_the_last_runs_gate(prefect_home, tmp_path, monkeypatch):
+    """Configurations rerun in the same work dirs: one that stops before its gate this time is 'failed' (exit 1),
+    not the earlier run's 'pass'."""
+    from types import SimpleNamespace
+
+    from flows import sweep as sw
+
+    cfg_id = "prune0.5-k16-ov_int8"
+    write_config_results(tmp_path / "sweeps" / "again" / cfg_id,
+                         {"baseline_fp32_ov": (97.0, 0.05), "clustered_ov_int8": (95.0, 0.2)}, "clustered_ov_int8")
+
+    class Configs:  # this run: prune failed, nothing after it ran
+        def with_options(self, **kw):
+            return lambda configs, *a: {c["id"]: "prune: boom" for c in configs}
+
+    rank = SimpleNamespace(gate=SimpleNamespace(rank_by="latency"))
+    monkeypatch.setattr(sw, "validate_variants", lambda *a, **k: rank)
+    monkeypatch.setattr(sw, "run_shared_stages", lambda *a, **k: tmp_path / "sweeps" / "again" / "shared")
+    monkeypatch.setattr(sw, "run_configs", Configs())
+    doc = sw.sweep(root=str(tmp_path), prune_ratios=[0.5], n_clusters=[16], quantize_modes=["ov_int8"], name="again")
+    assert [(c["status"], c["reason"]) for c in doc["configs"]] == [("failed", "prune: boom")]
+    assert doc["best"] is None and doc["pareto_front"] == []
+
+
 @pytest.mark.slow
 @pytest.mark.extended  # the sweep end to end: test_dask_cluster's killed-worker sweep, in CI
 def test_sweep_of_six_configs_on_local_dask_finds_pareto_front_and_best(two_runs, release_project):

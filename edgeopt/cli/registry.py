@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "pull":
         res = reg.pull(args.ref, args.to)
         _out(args, res, f"pulled {res['model']}@{res['version']} to {res['path']} ({res['files']} files verified)"
-             + (f"; files written into the earlier pull meanwhile were kept in {res['kept']}" if res["kept"] else ""))
+             + (f"; files changed or added in the earlier pull were kept in {res['kept']}" if res["kept"] else ""))
         return 0
     if args.action == "verify":
         model, version = (None, None)

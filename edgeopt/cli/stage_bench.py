@@ -65,7 +65,7 @@ def device_main(args: argparse.Namespace) -> int:
         targets, skipped = targets_from_candidates(args.candidates)
     for m in args.model:
         t = target_from_file(m)
-        taken = {x.name for x in targets}
+        taken = {x.name for x in targets} | set(skipped)  # a skipped row must never hide this one's result
         if t.name in taken:  # e.g. model.onnx and model.xml of one candidate: keep both rows
             t.name = f"{t.name}_{t.runtime}" if f"{t.name}_{t.runtime}" not in taken else str(t.path)
         targets.append(t)

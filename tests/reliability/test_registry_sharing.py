@@ -80,7 +80,7 @@ def test_two_machines_pushing_one_version_cannot_replace_each_other(reg, tmp_pat
     with pytest.raises(RegistryError, match="already holds another release under this version.*unfinished"):
         registry_remote.push(other, fs, base)
     assert (a_release / "model.onnx").read_bytes() == b"machine a"
-    # A's push finishes (its files are there already: not sent twice), and B learns of the clash on fetch
+    # A's push finishes (its files sent again: the same bytes), and B learns of the clash on fetch
     assert registry_remote.push(reg, fs, base)["pushed"] == {"m": ["0.0.3"]}
     with pytest.raises(RegistryError, match="differs between this registry and the remote"):
         registry_remote.fetch(other, fs, base)
@@ -246,7 +246,9 @@ def test_evaluate_release_checks_a_pulled_manifest_like_predict(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     code = cli_main(["evaluate-release", str(d), str(tmp_path / "data")])
     assert code not in (0, None) and message in capsys.readouterr().err
-    assert not (tmp_path / "release-eval").exists() and not (tmp_path.parent / "escape").exists()
+    assert not (tmp_path / "release-eval").exists()
+    assert not [p for k in range(4) for p in tmp_path.parents[k].iterdir()
+                if p.name.startswith(("escape", "elsewhere"))]  # wherever '../..' would have led
     assert sorted(os.listdir(d)) == ["manifest.json", "model.onnx"]
 
 
@@ -267,3 +269,118 @@ def test_device_bench_that_timed_nothing_fails(tmp_path, capsys):
     cands.write_text(json.dumps({"candidates": []}))
     assert cli_main(["bench", "--candidates", str(cands), "--out", str(tmp_path / "out.json")]) == 1
     assert "nothing was timed" in capsys.readouterr().err
+
+
+# --- a remote can only add what it really holds, under the names it records ---------------------------------
+
+def _edit_remote_record(base: str, edit) -> None:
+    path = Path(base) / "m" / "registry.json"
+    doc = read_json(path)
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("case", ["history_hash_wrong", "history_hash_missing"])
+def test_a_remote_history_entry_must_name_its_releases_manifest(reg, tmp_path, case):
+    """Histories only grow: a bad entry merged in could never be removed, and `verify` would fail for good."""
+    fs, base = remote_with(reg, tmp_path)
+    entry = {"version": "0.0.2", "time": "2026-01-01T00:00:00Z", "action": "promote", "from": "0.0.1"}
+    if case == "history_hash_wrong":
+        entry["manifest_sha256"] = "0" * 64
+    _edit_remote_record(base, lambda d: d["channels"]["production"]["history"].append(entry))
+    before = (reg.root / "m" / "registry.json").read_bytes()
+    here = Registry(tmp_path / "here")
+    for target in (reg, here):
+        with pytest.raises(RegistryError, match="do not name that release's manifest"):
+            registry_remote.fetch(target, fs, base)
+    assert (reg.root / "m" / "registry.json").read_bytes() == before and reg.verify() == []
+    assert here.versions("m") == []
+
+
+def test_a_remote_release_whose_manifest_names_another_release_is_not_fetched(reg, tmp_path):
+    """The remote record agrees with the manifest's hash, but the manifest says it is m@0.0.1."""
+    fs, base = remote_with(reg, tmp_path)
+    mpath = Path(base) / "m" / "0.0.2" / "manifest.json"
+    mpath.write_text(mpath.read_text().replace('"version": "0.0.2"', '"version": "0.0.1"'))
+    _edit_remote_record(base, lambda d: d["releases"]["0.0.2"].update(manifest_sha256=sha256_file(mpath)))
+    here = Registry(tmp_path / "here")
+    with pytest.raises(RegistryError, match="says it is 'm'@'0.0.1', not m@0.0.2"):
+        registry_remote.fetch(here, fs, base)
+    assert here.versions("m") == [] and not (here.root / "m" / "registry.json").exists()
+
+
+def test_fetch_never_adopts_a_different_unrecorded_release_directory(reg, tmp_path):
+    """A promotion cut off here left 0.0.3 on disk, unrecorded; the remote's 0.0.3 is another release."""
+    fs, base = remote_with(reg, tmp_path)
+    other = Registry(tmp_path / "other")
+    registry_remote.fetch(other, fs, base)
+    src = tmp_path / "src"
+    (src / "a.onnx").write_bytes(b"remote three")
+    other.publish("m", {"model.onnx": src / "a.onnx"}, {"primary": "model.onnx"})
+    registry_remote.push(other, fs, base)
+    (src / "b.onnx").write_bytes(b"local three")
+    reg.publish("m", {"model.onnx": src / "b.onnx"}, {"primary": "model.onnx"})
+    record = reg.root / "m" / "registry.json"
+    doc = read_json(record)
+    del doc["releases"]["0.0.3"]  # as if killed between the release's rename and its record write
+    write_json(record, doc)
+    orphan = reg.release_dir("m", "0.0.3")
+    with pytest.raises(RegistryError, match="never recorded.*not the remote's m@0.0.3"):
+        registry_remote.fetch(reg, fs, base)
+    assert (orphan / "model.onnx").read_bytes() == b"local three" and "0.0.3" not in reg.record("m")["releases"]
+    # the same release, cut off after its files were in place: adopted, and it verifies
+    import shutil
+    orphan.chmod(0o755)
+    shutil.rmtree(orphan)
+    shutil.copytree(other.release_dir("m", "0.0.3"), orphan)
+    registry_remote.fetch(reg, fs, base)
+    assert "0.0.3" in reg.record("m")["releases"] and reg.verify() == []
+
+
+def test_a_push_resumed_after_its_manifest_still_sends_the_files(reg, tmp_path):
+    """The remote holds the right manifest but a truncated file: the manifest proves nothing about the files."""
+    fs, base = remote_with(reg, tmp_path)
+    src = tmp_path / "src"
+    (src / "e.onnx").write_bytes(b"five, whole")
+    reg.publish("m", {"model.onnx": src / "e.onnx"}, {"primary": "model.onnx"})
+    there = Path(base) / "m" / "0.0.3"
+    there.mkdir()
+    (there / "manifest.json").write_bytes((reg.release_dir("m", "0.0.3") / "manifest.json").read_bytes())
+    (there / "model.onnx").write_bytes(b"five")
+    assert registry_remote.push(reg, fs, base)["pushed"] == {"m": ["0.0.3"]}
+    fresh = Registry(tmp_path / "fresh")
+    registry_remote.fetch(fresh, fs, base)
+    assert (fresh.release_dir("m", "0.0.3") / "model.onnx").read_bytes() == b"five, whole" and fresh.verify() == []
+
+
+def test_pulling_again_keeps_a_file_edited_since_the_last_pull(reg, tmp_path):
+    d = tmp_path / "device" / "release"
+    reg.pull("m@0.0.1", d)
+    (d / "model.onnx").chmod(0o644)
+    (d / "model.onnx").write_bytes(b"patched on the device")
+    res = reg.pull("m@0.0.2", d)
+    assert res["kept"] and (Path(res["kept"]) / "model.onnx").read_bytes() == b"patched on the device"
+    assert (d / "model.onnx").read_bytes() == b"model two" and verify_dir_pulled(d) == []
+    again = reg.pull("m@0.0.1", d)  # an untouched pull is simply replaced
+    assert again["kept"] is None and (d / "model.onnx").read_bytes() == b"model one"
+
+
+def verify_dir_pulled(d: Path) -> list[str]:
+    from edgeopt.registry import verify_dir
+    return verify_dir(d, pulled=True)
+
+
+def test_a_damaged_pull_marker_fails_verification(reg, tmp_path, capsys):
+    d = tmp_path / "release"
+    reg.pull("m@0.0.2", d)
+    (d / ".edgeopt-pull.json").write_text('{"format": "x", "files": "x"}')
+    assert any("damaged" in p for p in verify_dir_pulled(d))
+    assert cli_main(["registry", "verify", "--dir", str(d)]) == 1
+
+
+def test_release_file_names_that_differ_only_in_case_are_refused(reg, tmp_path):
+    src = tmp_path / "f.onnx"
+    src.write_bytes(b"x")
+    with pytest.raises(RegistryError, match="differ only in case"):
+        reg.publish("m", {"model.onnx": src, "Model.onnx": src}, {})
+    assert reg.versions("m") == ["0.0.1", "0.0.2"]
