@@ -546,7 +546,7 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
          "detail": f"baseline {acc(base)} % ({seeds(base)}) vs bare script {acc(bare)} % ({seeds(bare)})"},
         {"name": "accuracy drop vs the baseline", "value": drop, "limit": TARGETS["max_accuracy_drop_pt"],
          "op": "<=", "unit": "pt", "detail": f"{acc(row)} % ({seeds(row)}) vs {acc(base)} % (test split)"
-         + ("" if paired == len(((base or {}).get("seeds") or {}).get("accuracy") or [1]) else
+         + ("" if paired == max(len(((x or {}).get("seeds") or {}).get("accuracy") or [1]) for x in (base, row)) else
             f"; the drop on the {paired} seed(s) both have")},
         {"name": "MACs vs the baseline", "value": None if not base else _frac(row.get("macs"), base.get("macs")),
          "limit": TARGETS["max_macs_fraction"], "op": "<=", "unit": "x",

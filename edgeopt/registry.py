@@ -265,7 +265,7 @@ def verify_dir(release_dir: str | Path, manifest_sha256: str | None = None, pull
     problems = []
     marker = read_pull_marker(d) if pulled else None
     if pulled and marker is None and ((d / PULL_MARKER).exists() or (d / PULL_MARKER).is_symlink()):
-        problems.append(f"{d / PULL_MARKER}: damaged (not the marker pull writes); pull the release again")
+        problems.append(f"{d / PULL_MARKER}: damaged (not the marker pull writes); pull the release into a new directory")
     if release is not None and (manifest.get("name"), manifest.get("version")) != release:
         problems.append(f"{mpath}: says it is {manifest.get('name')!r}@{manifest.get('version')!r}, not "
                         f"{release[0]}@{release[1]}")
@@ -452,10 +452,12 @@ class Registry:
         for rel in files:
             check_release_file(rel)
         folded: dict[str, str] = {}
-        for rel in sorted(files):  # one file on a macOS / Windows disk: the release would never verify there
-            if folded.setdefault(rel.casefold(), rel) != rel:
-                raise RegistryError(f"file names {folded[rel.casefold()]!r} and {rel!r} refused: they differ only "
-                                    f"in case; rename one")
+        for rel in sorted(files):  # one name on a macOS / Windows disk: the release would never verify there
+            parts = PurePosixPath(rel).parts
+            for prefix in ("/".join(parts[:i]) for i in range(1, len(parts) + 1)):  # folders too
+                if folded.setdefault(prefix.casefold(), prefix) != prefix:
+                    raise RegistryError(f"release paths {folded[prefix.casefold()]!r} and {prefix!r} refused: they "
+                                        f"differ only in case (one name on macOS / Windows disks); rename one")
         if not isinstance(manifest, dict) or not isinstance(manifest.get("lineage", {}), dict):
             raise RegistryError(f"{model}: manifest must be an object (and its lineage an object)")
         if "primary" in manifest and (not isinstance(manifest["primary"], str) or manifest["primary"] not in files):
@@ -724,6 +726,19 @@ def _remove_earlier_pull(old: Path, dest: Path) -> str | None:
     """Delete a replaced earlier pull: only the files its marker lists and that are still as pulled, then its
     empty directories. Anything else (a file edited since, one written into it while we pulled) is kept, the
     directory renamed next to `dest`; returns that path then."""
+    stamp = f"{dest.name}.kept-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+    for n in range(1000):  # first: killed while hashing below, an edited file must not stay under a temp name
+        kept = dest.with_name(stamp + (f"-{n}" if n else ""))  # (temp names are removed by the next pull)
+        if not kept.exists() and not kept.is_symlink():
+            try:
+                os.rename(old, kept)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+    else:
+        raise RegistryError(f"{old}: could not rename the earlier pull next to {dest}; it is kept as it is")
+    old = kept
     marker = read_pull_marker(old) or {}
     pulled = _as_pulled(old, marker)
     for rel in marker.get("files", []) + [PULL_MARKER]:
@@ -738,6 +753,4 @@ def _remove_earlier_pull(old: Path, dest: Path) -> str | None:
         old.rmdir()
         return None
     except OSError:
-        kept = dest.with_name(f"{dest.name}.kept-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
-        os.rename(old, kept)
         return str(kept)

@@ -252,8 +252,8 @@ def test_evaluate_release_checks_a_pulled_manifest_like_predict(tmp_path, monkey
     code = cli_main(["evaluate-release", str(d), str(tmp_path / "data")])
     assert code not in (0, None) and message in capsys.readouterr().err
     assert not (tmp_path / "release-eval").exists()
-    assert not [p for k in range(4) for p in tmp_path.parents[k].iterdir()
-                if p.name.startswith(("escape", "elsewhere"))]  # wherever '../..' would have led
+    where = [tmp_path / "elsewhere", *(p / n for p in tmp_path.parents[:3] for n in ("escape", "escape-0.0.1"))]
+    assert not any(p.exists() for p in where)  # wherever release-eval/<name>-<version> with '..' would lead
     assert sorted(os.listdir(d)) == ["manifest.json", "model.onnx"]
 
 
@@ -354,6 +354,35 @@ def test_pulling_again_keeps_a_file_edited_since_the_last_pull(reg, tmp_path):
     assert again["kept"] is None and (d / "model.onnx").read_bytes() == b"model one"
 
 
+def test_a_pull_killed_while_sorting_out_the_earlier_one_still_keeps_an_edited_file(reg, tmp_path, monkeypatch):
+    """Killed after the swap, while telling edited files from pulled ones: the edited file is not left under a
+    temp name, which the next pull would remove as a dead writer's leftover."""
+    from edgeopt import registry as registry_module
+
+    d = tmp_path / "device" / "release"
+    reg.pull("m@0.0.1", d)
+    (d / "model.onnx").chmod(0o644)
+    (d / "model.onnx").write_bytes(b"patched on the device")
+
+    def killed(path):
+        raise KeyboardInterrupt
+
+    real_install = Registry._install
+
+    def install_then_kill(self, stage, dest):  # the new copy is in place: the next hash is the earlier pull's
+        old = real_install(self, stage, dest)
+        monkeypatch.setattr(registry_module, "sha256_file", killed)
+        return old
+
+    monkeypatch.setattr(Registry, "_install", install_then_kill)
+    with pytest.raises(KeyboardInterrupt):
+        reg.pull("m@0.0.1", d)
+    monkeypatch.undo()
+    kept = [p / "model.onnx" for p in d.parent.iterdir() if ".kept-" in p.name]
+    assert [p.read_bytes() for p in kept if p.is_file()] == [b"patched on the device"]
+    assert (d / "model.onnx").read_bytes() == b"model one" and verify_dir_pulled(d) == []
+
+
 def verify_dir_pulled(d: Path) -> list[str]:
     from edgeopt.registry import verify_dir
     return verify_dir(d, pulled=True)
@@ -372,4 +401,8 @@ def test_release_file_names_that_differ_only_in_case_are_refused(reg, tmp_path):
     src.write_bytes(b"x")
     with pytest.raises(RegistryError, match="differ only in case"):
         reg.publish("m", {"model.onnx": src, "Model.onnx": src}, {})
+    with pytest.raises(RegistryError, match="'Sub' and 'sub' refused: they differ only in case"):
+        reg.publish("m", {"Sub/a.bin": src, "sub/b.bin": src}, {})
+    with pytest.raises(RegistryError, match="differ only in case"):
+        reg.publish("m", {"model": src, "Model/x.bin": src}, {})
     assert reg.versions("m") == ["0.0.1", "0.0.2"]
