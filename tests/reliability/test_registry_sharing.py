@@ -25,6 +25,20 @@ def remote_with(reg: Registry, tmp_path: Path) -> tuple[LocalFileSystem, str]:
     return fs, base
 
 
+def each_makes_its_own_0_0_3(reg: Registry, tmp_path: Path, mine: bytes, theirs: bytes
+                             ) -> tuple[LocalFileSystem, str, Registry]:
+    """A remote holding `reg`, another machine's registry fetched from it; then each publishes its own 0.0.3
+    (model.onnx holding `mine` here, `theirs` there). Returns (fs, base, the other registry)."""
+    fs, base = remote_with(reg, tmp_path)
+    other = Registry(tmp_path / "other")
+    registry_remote.fetch(other, fs, base)
+    for registry, content in ((reg, mine), (other, theirs)):
+        src = tmp_path / "src" / f"{registry.root.name}.onnx"
+        src.write_bytes(content)
+        registry.publish("m", {"model.onnx": src}, {"primary": "model.onnx"})
+    return fs, base, other
+
+
 CRAFTED_REMOTE = {
     "traversal_channel": lambda d: d["channels"].update({"Prod/../x": {"history": [{"version": "0.0.1"}]}}),
     "v_prefixed_release": lambda d: d["releases"].update({"v1.0.0": dict(d["releases"]["0.0.1"])}),
@@ -65,14 +79,7 @@ def test_a_remote_manifest_that_differs_from_the_remote_record_is_not_fetched(re
 
 def test_two_machines_pushing_one_version_cannot_replace_each_other(reg, tmp_path):
     """A and B both made their own 0.0.3: the second push is refused, the first one's release stays whole."""
-    fs, base = remote_with(reg, tmp_path)
-    other = Registry(tmp_path / "other")
-    registry_remote.fetch(other, fs, base)
-    src = tmp_path / "src"
-    (src / "a.onnx").write_bytes(b"machine a")
-    (src / "b.onnx").write_bytes(b"machine b")
-    reg.publish("m", {"model.onnx": src / "a.onnx"}, {"primary": "model.onnx"})
-    other.publish("m", {"model.onnx": src / "b.onnx"}, {"primary": "model.onnx"})
+    fs, base, other = each_makes_its_own_0_0_3(reg, tmp_path, b"machine a", b"machine b")
     # A's files are up, its record not yet (B pushes in between): B must not overwrite them
     a_release = Path(base) / "m" / "0.0.3"
     for rel in ("model.onnx", "manifest.json"):
@@ -316,15 +323,8 @@ def test_a_remote_release_whose_manifest_names_another_release_is_not_fetched(re
 
 def test_fetch_never_adopts_a_different_unrecorded_release_directory(reg, tmp_path):
     """A promotion cut off here left 0.0.3 on disk, unrecorded; the remote's 0.0.3 is another release."""
-    fs, base = remote_with(reg, tmp_path)
-    other = Registry(tmp_path / "other")
-    registry_remote.fetch(other, fs, base)
-    src = tmp_path / "src"
-    (src / "a.onnx").write_bytes(b"remote three")
-    other.publish("m", {"model.onnx": src / "a.onnx"}, {"primary": "model.onnx"})
+    fs, base, other = each_makes_its_own_0_0_3(reg, tmp_path, b"local three", b"remote three")
     registry_remote.push(other, fs, base)
-    (src / "b.onnx").write_bytes(b"local three")
-    reg.publish("m", {"model.onnx": src / "b.onnx"}, {"primary": "model.onnx"})
     record = reg.root / "m" / "registry.json"
     doc = read_json(record)
     del doc["releases"]["0.0.3"]  # as if killed between the release's rename and its record write
