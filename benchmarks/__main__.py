@@ -8,6 +8,7 @@
     python -m benchmarks --search-result sweeps/search/search.json   # the search's pick as the release
     python -m benchmarks --add-seeds DIR --seeds 3   # more seeds for the finished run in DIR (its work/ kept)
     python -m benchmarks --no-probe      # skip the convergence probe (seed 0's baseline again, 1.5x the epochs)
+    python -m benchmarks --add-probe DIR # run that probe later for the finished run in DIR
     python -m benchmarks --jobs 6        # a GPU machine: train the seeds, the peer and the probe side by side
 
 Writes DIR/benchmark.json and DIR/benchmark.md (DIR = --out, default benchmarks/results/<timestamp>-<mode>/)
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-seeds", metavar="DIR",
                    help="add training seeds (up to --seeds, default the mode's) to the finished run in DIR, one "
                         "seed at a time, same recipe; DIR/benchmark.json and .md are rewritten after each seed")
+    p.add_argument("--add-probe", metavar="DIR",
+                   help="run the convergence probe that the finished run in DIR left out (--no-probe, or it "
+                        "failed), same recipe; DIR/benchmark.json and .md are rewritten with its verdict")
     p.add_argument("--no-probe", action="store_true",
                    help="skip the convergence probe (seed 0's baseline trained again for 1.5x the epochs); the "
                         "baseline's convergence is then not shown and the targets cannot all be met")
@@ -108,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("EDGEOPT_NO_PROGRESS", "1")
     from benchmarks.profiles import PROFILES
 
-    if args.add_seeds:
-        return add_seeds(args, list(sys.argv[1:] if argv is None else argv))
+    if args.add_seeds or args.add_probe:
+        return extend(args, list(sys.argv[1:] if argv is None else argv))
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.seeds is not None:
         profile = dataclasses.replace(profile, seeds=args.seeds)
@@ -124,31 +128,35 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def add_seeds(args: argparse.Namespace, argv: list[str]) -> int:
-    """--add-seeds DIR: the run's own settings decide everything but the number of seeds."""
-    from benchmarks import more_seeds
+def extend(args: argparse.Namespace, argv: list[str]) -> int:
+    """--add-seeds DIR / --add-probe DIR: the run's own settings decide everything but the number of seeds."""
+    from benchmarks import more_probe, more_seeds
 
     from edgeopt.errors import ParamsError
 
-    extra = [o for o in argv if o.startswith("--") and o.split("=")[0] not in ("--add-seeds", "--seeds")]
-    out = Path(args.add_seeds).resolve()
+    flag, allowed = ("--add-seeds", ("--add-seeds", "--seeds")) if args.add_seeds else ("--add-probe", ("--add-probe",))
+    extra = [o for o in argv if o.startswith("--") and o.split("=")[0] not in allowed]
+    out = Path(args.add_seeds or args.add_probe).resolve()
     if extra:
-        print(f"benchmark: error: --add-seeds takes only --seeds (the run's own settings are kept); drop "
-              f"{' '.join(extra)}", file=sys.stderr)
+        takes = "only --seeds" if flag == "--add-seeds" else "no other option"
+        print(f"benchmark: error: {flag} takes {takes} (the run's own settings are kept); drop "
+              f"{' '.join(extra)}; add seeds and the probe one command after the other", file=sys.stderr)
         return 2
     if not out.is_dir():
-        print(f"benchmark: error: --add-seeds {out}: not a directory; pass the --out DIR of a finished run",
+        print(f"benchmark: error: {flag} {out}: not a directory; pass the --out DIR of a finished run",
               file=sys.stderr)
         return 2
     say = Console(out / "benchmark.log")
     try:
+        if flag == "--add-probe":
+            return more_probe.run(out, say, repo=REPO, fmt=FORMAT, parse_argv=build_parser().parse_args)
         return more_seeds.run(out, args.seeds, say, repo=REPO, fmt=FORMAT, parse_argv=build_parser().parse_args)
     except ParamsError as exc:  # AddSeedsError included; the log keeps it beside the run's history
         say.log_only(f"benchmark: error: {exc}")
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        say("interrupted; the seeds added so far are in " + str(out))
+        say(f"interrupted; {out} keeps what was recorded before (seeds already added, not a half-run probe)")
         return 130
 
 

@@ -32,16 +32,19 @@ def probe_epochs(epochs: int, factor: float) -> int:
 
 
 def run(real, overrides: dict[str, Any], base_params: Path, work: Path, in_process: bool, factor: float,
-        say, cpus: frozenset[int] | None = None) -> dict[str, Any]:
-    """Train the baseline of `real` (the realistic benchmarks.chain.Chain, its train stage run by this
-    benchmark) for `factor` times its epochs in work/probe/ and compare; the result goes into benchmark.json as
-    `convergence_probe`. Never raises: a probe that could not run says why (ok false, converged null)."""
+        say, cpus: frozenset[int] | None = None, trained: bool | None = None) -> dict[str, Any]:
+    """Train the baseline of `real` (the realistic benchmarks.chain.Chain) for `factor` times its epochs in
+    work/probe/ and compare; the result goes into benchmark.json as `convergence_probe`. `trained`: whether its
+    train stage finished (None: in this process, by `real.runs`; --add-probe knows it from the run's record).
+    Never raises: a probe that could not run says why (ok false, converged null)."""
     def failed(reason: str) -> dict[str, Any]:
         return {"ok": False, "converged": None, "factor": factor, "reason": reason}
 
-    train = real.runs.get("train")
+    if trained is None:
+        train = real.runs.get("train")
+        trained = train is not None and train.status == "ok"
     first = real.metrics("train") or {}
-    if train is None or train.status != "ok" or first.get("test_accuracy") is None:
+    if not trained or first.get("test_accuracy") is None:
         # a metrics file left by an earlier run in the same directory must not stand in for this run's
         return failed("the realistic chain's train stage did not finish in this run: no baseline to compare")
     t0 = time.perf_counter()

@@ -235,6 +235,8 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
     t0 = time.perf_counter()
     doc = check_run(out, fmt)
     first = parse_argv(doc.get("argv") or [])
+    if doc.get("convergence_probe") is not None:  # run by --add-probe after a --no-probe run: no longer a cut
+        first.no_probe = False
     profile = PROFILES.get(doc.get("mode"))
     if profile is None:
         raise AddSeedsError(f"--add-seeds {out}: unknown mode {doc.get('mode')!r}")
@@ -266,8 +268,8 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
         seeds["seeds"] = sorted({0, *(int(k) for k in seeds["chains"])})
         doc["settings"]["cut"] = sm.cuts(first, dataclasses.replace(profile, seeds=len(seeds["seeds"])))
         if "convergence_probe" not in doc and not getattr(first, "no_probe", False) and profile.probe_factor:
-            doc["settings"]["cut"].append("the convergence probe: this run was made without it, and --add-seeds "
-                                          "does not run it; the baseline's convergence is not shown")
+            doc["settings"]["cut"].append("the convergence probe: this run was made without it (run it with "
+                                          "--add-probe DIR); the baseline's convergence is not shown")
         doc["budget"] = sm.budget(doc)
         write_json(out / "benchmark.json", doc)
         (out / "benchmark.md").write_text(markdown.render(doc))

@@ -692,6 +692,81 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     assert main(["--add-seeds", str(out), "--seeds", "4"]) == 0 and (out / "benchmark.json").read_bytes() == written
 
 
+def test_add_probe_runs_the_probe_a_run_left_out_and_the_targets_follow_it(tmp_path, monkeypatch, capsys):
+    """A run made in sittings (--no-probe) could never show a converged baseline: --add-probe trains seed 0's
+    baseline longer on the same images, records the verdict, and the targets and the cut list follow it."""
+    from benchmarks import chain as ch
+    from benchmarks import more_probe, more_seeds, seed_runs
+
+    out = _finished_run(tmp_path)
+    real = out / "work" / "realistic"
+    doc = json.loads((out / "benchmark.json").read_text())
+    doc["argv"] = ["--seeds", "1", "--no-probe"]
+    doc["cost"] = {"realistic": {"total_wall_s": 50.0, "max_peak_rss_mb": 900, "stages": {"train": {"status": "ok"}}}}
+    doc["settings"]["cut"] = ["the convergence probe (--no-probe): ..."]
+    (out / "benchmark.json").write_text(json.dumps(doc))
+    (real / "metrics" / "train.json").write_text(json.dumps(
+        {"test_accuracy": 90.0, "val_accuracy": 91.0, "epochs_run": 3, "converged": True,
+         "val_gain_last_20pct": 0.0}))
+    recipe_checked = []
+    monkeypatch.setattr(more_probe, "check_recipe", lambda *a, **k: recipe_checked.append(a[1]))
+    monkeypatch.setattr(compression, "peer_accuracy", lambda runs, key, paths, params: [89.0] * len(runs))
+    trained, result = [], {"status": "failed", "test_accuracy": 90.3}
+
+    def fake_run(self, stages, eta=None, total=None):
+        trained.append((self.label, stages, self.params.train.epochs, (self.workdir / "data/prepared").resolve()))
+        self.runs["train"] = ch.StageRun("train", status=result["status"], wall_s=2.0)
+        if result["status"] == "ok":
+            (self.workdir / "metrics" / "train.json").parent.mkdir(exist_ok=True)
+            (self.workdir / "metrics" / "train.json").write_text(json.dumps(
+                {"test_accuracy": result["test_accuracy"], "val_accuracy": 91.0, "epochs_run": 5}))
+        return result["status"] == "ok"
+
+    monkeypatch.setattr(ch.Chain, "run", fake_run)
+    read = lambda: json.loads((out / "benchmark.json").read_text())  # noqa: E731
+    probe_item = lambda d: next(i for i in d["compression"]["targets"]["items"]  # noqa: E731
+                                if "convergence probe" in i["name"])
+    # the probe's training fails: exit 1, the error says so, the table says "not measured"
+    assert main(["--add-probe", str(out)]) == 1
+    doc = read()
+    assert trained == [("probe", ["train"], 5, (real / "data" / "prepared").resolve())]
+    assert recipe_checked == [real]  # it trains: the recipe must be the first run's
+    assert doc["convergence_probe"]["ok"] is False and any(e.startswith("convergence probe:") for e in doc["errors"])
+    assert probe_item(doc)["met"] is None and doc["compression"]["targets"]["all_met"] is False
+    # run again: it retries; +0.3 pt from 3 -> 5 epochs is within 0.5: converged, the error and the cut go
+    result["status"] = "ok"
+    assert main(["--add-probe", str(out)]) == 0
+    doc = read()
+    assert doc["convergence_probe"]["converged"] is True and doc["convergence_probe"]["test_gain"] == 0.3
+    assert probe_item(doc)["met"] is True and probe_item(doc)["value"] == 0.3
+    assert not any("probe" in e for e in doc["errors"])
+    assert not any("probe" in c for c in doc["settings"]["cut"]) and doc["added_probe"]["wall_s"] >= 0
+    assert doc["budget"]["parts_s"]["convergence probe (seed 0 trained longer)"] > 0
+    assert "-> 5 epochs 90.30 % test (+0.30 pt" in (out / "benchmark.md").read_text()
+    # a run with its probe: nothing to do, nothing rewritten
+    written, trained[:] = (out / "benchmark.json").read_bytes(), []
+    assert main(["--add-probe", str(out)]) == 0 and trained == []
+    assert (out / "benchmark.json").read_bytes() == written
+    # seeds added afterwards keep the probe and do not call it a cut again
+    monkeypatch.setattr(more_seeds, "check_recipe", lambda *a, **k: None)
+    monkeypatch.setattr(seed_runs, "reference_seed", lambda prepared, where, seed, *a: {
+        **read()["reference"][0], "seed": seed})
+    monkeypatch.setattr(seed_runs, "pipeline_seed", lambda real, o, b, st, work, ip, seed, say: (
+        {"ok": True, "total_wall_s": 7.0, "workdir": str(work / f"seed{seed}")}, {"small_ov_int8": 90.0}))
+    assert main(["--add-seeds", str(out), "--seeds", "2"]) == 0
+    doc = read()
+    assert not any("probe" in c for c in doc["settings"]["cut"]) and probe_item(doc)["met"] is True
+    # refused (exit 2), nothing written: other options, a run whose baseline never finished
+    capsys.readouterr()
+    assert main(["--add-probe", str(out), "--seeds", "3"]) == 2
+    assert "--add-probe takes no other option" in capsys.readouterr().err
+    doc["cost"]["realistic"]["stages"]["train"]["status"] = "failed"
+    doc.pop("convergence_probe")
+    (out / "benchmark.json").write_text(json.dumps(doc))
+    assert main(["--add-probe", str(out)]) == 2
+    assert "train stage did not finish" in capsys.readouterr().err and "convergence_probe" not in read()
+
+
 def test_convergence_is_checked_on_every_seed(tmp_path):
     """A mean over seeds needs every seed's baseline at its plateau: one unconverged seed fails the target."""
     from edgeopt.paths import Paths
