@@ -206,8 +206,10 @@ def _rel(path: str | Path, root: Path) -> str:
 
 
 def summarize(manifest: dict[str, Any], folder: Folder, measured: dict[str, Any],
-              max_drop: float = DEFAULT_MAX_DROP) -> dict[str, Any]:
-    """The report: accuracy, per-class table, confusion matrix, skipped files and the drift check."""
+              max_drop: float | None = DEFAULT_MAX_DROP) -> dict[str, Any]:
+    """The report: accuracy, per-class table, confusion matrix, skipped files and the drift check (`max_drop`
+    None: not asked for). Status `not_compared` when a check was asked for but the manifest records no accuracy:
+    a drift check that could not run must not read as passed."""
     confusion: np.ndarray = measured["confusion"]
     n, correct = int(confusion.sum()), int(np.trace(confusion))
     if n == 0:
@@ -229,7 +231,9 @@ def summarize(manifest: dict[str, Any], folder: Folder, measured: dict[str, Any]
     drift: dict[str, Any] = {"max_drop_pt": max_drop, "measured_accuracy": round(accuracy, 2),
                              "recorded_accuracy": recorded, "recorded_split": metrics.get("split"),
                              "recorded_images": metrics.get("images")}
-    if isinstance(recorded, (int, float)) and math.isfinite(recorded):
+    if max_drop is None:
+        drift.update(difference_pt=None, passed=None, compared="not checked: --report-only")
+    elif isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and math.isfinite(recorded):
         diff = accuracy - recorded
         drift.update(difference_pt=round(diff, 2), passed=-diff <= max_drop,
                      compared=f"accuracy on {n} images of {folder.root} vs manifest metrics.accuracy "
@@ -250,13 +254,14 @@ def summarize(manifest: dict[str, Any], folder: Folder, measured: dict[str, Any]
         "confusion": {"rows": "true class", "columns": "predicted class", "labels": folder.classes,
                       "matrix": confusion.tolist()},
         "skipped": measured["skipped"], "drift": drift,
-        "status": "drift" if drift["passed"] is False else "ok",
+        "status": ("drift" if drift["passed"] is False else
+                   "not_compared" if drift["passed"] is None and max_drop is not None else "ok"),
         "wall_s": measured["wall_s"], "images_per_s": measured["images_per_s"], "memory": measured["memory"],
     }
 
 
 def evaluate_release(release_dir: str | Path, data_dir: str | Path, load: Callable[[Path], np.ndarray], *,
-                     max_drop: float = DEFAULT_MAX_DROP, batch_size: int = DEFAULT_BATCH,
+                     max_drop: float | None = DEFAULT_MAX_DROP, batch_size: int = DEFAULT_BATCH,
                      threads: int = 0) -> dict[str, Any]:
     """The report for an already verified release directory (see edgeopt.releases.resolve_release)."""
     from edgeopt.predict import open_release
@@ -313,7 +318,9 @@ def format_text(report: dict[str, Any], max_matrix: int = 20) -> str:
     d = report["drift"]
     out.append("")
     if d["passed"] is None:
-        out.append(f"Drift check: {d['compared']}")
+        out.append(f"Drift check: {d['compared']}" + (
+            " -> NOT COMPARED (exit 4); --report-only measures without a drift check"
+            if report["status"] == "not_compared" else ""))
     else:
         verdict = "ok" if d["passed"] else "FAILED (exit 3)"
         out.append(f"Drift check: {pct(d['measured_accuracy'])} here vs {pct(d['recorded_accuracy'])} recorded in the "

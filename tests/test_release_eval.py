@@ -123,6 +123,26 @@ def test_drifted_copy_exits_3_and_names_the_figures(released, tmp_path):
     res, report = _evaluate(root, ref, str(blurred), "--json")
     assert res.returncode == 3 and report["release"] == f"{MODEL}@0.0.1"
     assert _evaluate(root, ref, str(blurred), "--max-drop", "100")[0].returncode == 0
+    # --report-only: the figures without a verdict, exit 0 whatever the accuracy
+    res, report = _evaluate(root, ref, str(blurred), "--json", "--report-only")
+    assert res.returncode == 0 and report["status"] == "ok" and report["drift"]["passed"] is None
+    assert report["accuracy"] < RECORDED - 2.0 and "--report-only" in report["drift"]["compared"]
+
+
+@pytest.mark.parametrize("metrics", [{}, {"accuracy": None}, {"accuracy": "94.8"}, {"accuracy": True}])
+def test_a_drift_check_that_cannot_compare_never_reads_as_passed(metrics):
+    """A manifest without a numeric accuracy (a hand-published release): CI asked for a drift check that could not
+    run; exit 4 (the check's input is missing), never 0, unless --report-only said no check was wanted."""
+    from edgeopt.release_eval import Folder, format_text, summarize
+
+    measured = {"confusion": np.array([[3, 1], [0, 4]]), "skipped": {"count": 0, "by_problem": {}, "files": []},
+                "wall_s": 0.1, "images_per_s": 80.0, "memory": {}}
+    folder = Folder(Path("new"), ["a", "b"], {"a": Path("new/a"), "b": Path("new/b")})
+    report = summarize({"name": MODEL, "version": "0.0.1", "metrics": metrics}, folder, measured, 2.0)
+    assert report["status"] == "not_compared" and report["drift"]["passed"] is None and report["accuracy"] == 87.5
+    assert "the manifest records no accuracy -> NOT COMPARED (exit 4)" in format_text(report)
+    only = summarize({"name": MODEL, "version": "0.0.1", "metrics": metrics}, folder, measured, None)
+    assert only["status"] == "ok" and only["drift"]["compared"] == "not checked: --report-only"
 
 
 def test_undecodable_only_and_tampered_release(released, tmp_path):

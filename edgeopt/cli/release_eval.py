@@ -4,7 +4,8 @@ with the confusion matrix and a drift check against the accuracy in its manifest
     edgeopt evaluate-release registry:digits-classifier@production data/new-camera/
     edgeopt evaluate-release release/ data/march/ --max-drop 1 --json > eval.json; echo $?   # CI: 3 = drifted
 
-Exit codes: 0 within the allowed drop, 3 accuracy lower than the manifest's by more than --max-drop,
+Exit codes: 0 within the allowed drop (or --report-only), 3 accuracy lower than the manifest's by more than
+--max-drop, 4 the drift check could not run (the manifest records no accuracy; --report-only skips the check),
 2 DATA_DIR does not fit the release (a class folder it does not know, no class folders), 1 the release fails
 verification or no image could be decoded. Core logic: edgeopt.release_eval.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from edgeopt.cli.predict import add_registry_args
 from edgeopt.cliargs import in_range
-from edgeopt.errors import EXIT_NONE_PASS
+from edgeopt.errors import EXIT_NONE_PASS, EXIT_STALE
 from edgeopt.release_eval import DEFAULT_BATCH, DEFAULT_MAX_DROP
 
 
@@ -28,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-drop", type=in_range(0, 100, float, " points"), default=DEFAULT_MAX_DROP, metavar="POINTS",
                    help="exit 3 when accuracy is lower than the manifest's by more than this many points "
                         f"(default {DEFAULT_MAX_DROP:g})")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure and report without the drift check (exit 0 whatever the accuracy); without it, a "
+                        "release whose manifest records no accuracy exits 4: nothing to compare with")
     p.add_argument("--out", metavar="DIR", help="where report.json and confusion.png go "
                                                 "(default: release-eval/<model>-<version>/)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the text summary")
@@ -48,8 +52,8 @@ def main(args: argparse.Namespace) -> int:
     load = functools.partial(load_image, contract=contract)
     out = Path(args.out) if args.out else Path("release-eval") / _default_folder(manifest)  # before the work
     # a DATA_DIR that does not fit the release raises FolderMismatch: exit 2 like any argument error
-    report = evaluate_release(release_dir, args.data_dir, load, max_drop=args.max_drop, batch_size=args.batch_size,
-                              threads=args.threads)
+    report = evaluate_release(release_dir, args.data_dir, load, max_drop=None if args.report_only else args.max_drop,
+                              batch_size=args.batch_size, threads=args.threads)
     try:
         png: str | None = str(atomic_write_bytes(out / "confusion.png", confusion_png(report)))
     except ImportError:  # a device install without matplotlib: the numbers are all in the JSON
@@ -61,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(format_text(report))
         print(f"Wrote {out / 'report.json'}" + (f", {png}" if png else " (no PNG: matplotlib is not installed)"))
-    return EXIT_NONE_PASS if report["status"] == "drift" else 0
+    return {"drift": EXIT_NONE_PASS, "not_compared": EXIT_STALE}.get(report["status"], 0)
 
 
 def _default_folder(manifest: dict) -> str:
