@@ -166,7 +166,8 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
     if proc.stdout.strip() or new:
         raise AddSeedsError(f"the training code changed since the first run (git {commit[:10]}):\n"
                             f"{proc.stdout.rstrip()}" + (f"\nnew files: {' '.join(new.split())}" if new else "")
-                            + f"\ncheck out {commit[:10]} to add seeds, or rerun the benchmark")
+                            + f"\nrestore that training code (`git checkout {commit[:10]} -- {' '.join(TRAINING_CODE)}`"
+                            ", this runner stays) to train more of that run, or rerun the benchmark")
     return None
 
 

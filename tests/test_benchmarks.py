@@ -488,7 +488,8 @@ def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
         check_recipe(doc, real, changed, repo)
     # the training code changed since the commit that ran the first seed
     (repo / "edgeopt" / "training.py").write_text("EPOCHS = 2\n")
-    with pytest.raises(AddSeedsError, match="(?s)training code changed.*edgeopt/training.py"):
+    with pytest.raises(AddSeedsError, match=f"(?s)training code changed.*edgeopt/training.py.*`git checkout "
+                       f"{commit.strip()[:10]} -- edgeopt stages benchmarks/reference.py benchmarks/chain.py`"):
         check_recipe(doc, real, REPO / "params.yaml", repo)
     (repo / "edgeopt" / "training.py").write_text("EPOCHS = 1\n")
     (repo / "stages").mkdir()
