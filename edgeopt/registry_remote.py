@@ -153,37 +153,62 @@ def push(registry: Registry, fs, base: str) -> dict[str, Any]:
 
 def fetch(registry: Registry, fs, base: str) -> dict[str, Any]:
     """Download the releases this registry lacks, verify each against the remote record, then merge records.
-    A model's releases become visible together, with its record: one that fails leaves none of them here."""
+    A model's releases become visible together, with its record: one that fails leaves none of them here. A model
+    refused (a bad release, a diverged channel) does not stop the others; RegistryError at the end names each
+    refused model and why, and what was fetched meanwhile."""
     done: dict[str, list[str]] = {}
+    adopted: dict[str, list[str]] = {}
+    refused: dict[str, str] = {}
     with registry.locked():
         for model in _remote_models(fs, base):
-            check_name(model)
-            theirs = _read_remote_record(fs, fs.join(base, model, RECORD), model) or {"releases": {}, "channels": {}}
-            ours = registry.record(model)
-            merged = merge_records(ours, theirs, model)
-            staged: list[tuple[Path, Path]] = []
             try:
-                for version in sorted(set(theirs["releases"]) - set(ours["releases"])):
-                    final = registry.release_dir(model, version)
-                    sha = theirs["releases"][version]["manifest_sha256"]
-                    if final.exists() or final.is_symlink():  # on disk, not in our record: a promotion cut off
-                        if final.is_symlink() or verify_dir(final, sha, release=(model, version)):
-                            raise RegistryError(f"{final}: a release directory this registry never recorded (a "
-                                                f"promotion cut off), and not the remote's {model}@{version}; "
-                                                "remove it (`edgeopt registry verify` names it), then fetch again")
-                        continue  # the very release the remote records: the merged record adopts it
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
-                    staged.append((tmp, final))
-                    _download(fs, fs.join(base, model, version), tmp, sha, model, version)
-                for tmp, final in staged:
-                    tmp.rename(final)
-                    done.setdefault(model, []).append(final.name)
-            finally:
-                for tmp, _ in staged:
-                    shutil.rmtree(tmp, ignore_errors=True)  # (gone once renamed)
-            write_json(registry.root / model / RECORD, merged)
-    return {"fetched": done, "remote": base}
+                check_name(model)
+                got, kept = _fetch_model(registry, fs, base, model)
+            except RegistryError as exc:
+                refused[model] = str(exc)
+                continue
+            if got:
+                done[model] = got
+            if kept:
+                adopted[model] = kept
+    if refused:
+        got = [f"{m}@{v}" for m, vs in done.items() for v in vs] + [f"{m}@{v}" for m, vs in adopted.items() for v in vs]
+        raise RegistryError("; ".join(f"{m}: {why}" for m, why in refused.items())
+                            + (f" (the other models were fetched: {', '.join(got)})" if got else ""))
+    return {"fetched": done, "adopted": adopted, "remote": base}
+
+
+def _fetch_model(registry: Registry, fs, base: str, model: str) -> tuple[list[str], list[str]]:
+    """One model's missing releases and merged record; (versions downloaded, versions adopted: found on disk
+    unrecorded, the very release the remote records)."""
+    theirs = _read_remote_record(fs, fs.join(base, model, RECORD), model) or {"releases": {}, "channels": {}}
+    ours = registry.record(model)
+    merged = merge_records(ours, theirs, model)
+    staged: list[tuple[Path, Path]] = []
+    got, kept = [], []
+    try:
+        for version in sorted(set(theirs["releases"]) - set(ours["releases"])):
+            final = registry.release_dir(model, version)
+            sha = theirs["releases"][version]["manifest_sha256"]
+            if final.exists() or final.is_symlink():  # on disk, not in our record: a promotion cut off
+                if final.is_symlink() or verify_dir(final, sha, release=(model, version)):
+                    raise RegistryError(f"{final}: a release directory this registry never recorded (a "
+                                        f"promotion cut off), and not the remote's {model}@{version}; "
+                                        "remove it (`edgeopt registry verify` names it), then fetch again")
+                kept.append(version)  # the very release the remote records: the merged record adopts it
+                continue
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{version}-", dir=final.parent))
+            staged.append((tmp, final))
+            _download(fs, fs.join(base, model, version), tmp, sha, model, version)
+        for tmp, final in staged:
+            tmp.rename(final)
+            got.append(final.name)
+    finally:
+        for tmp, _ in staged:
+            shutil.rmtree(tmp, ignore_errors=True)  # (gone once renamed)
+    write_json(registry.root / model / RECORD, merged)
+    return got, kept
 
 
 def _download(fs, remote_dir: str, tmp: Path, sha: str, model: str, version: str) -> None:

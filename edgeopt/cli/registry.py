@@ -125,8 +125,11 @@ def main(args: argparse.Namespace) -> int:
         fs, base = registry_remote.remote_location(Path(args.root), args.remote)
         res = getattr(registry_remote, args.action)(reg, fs, base)
         moved = [f"{m}@{v}" for m, vs in (res.get("pushed", res.get("fetched")) or {}).items() for v in vs]
+        adopted = [f"{m}@{v}" for m, vs in (res.get("adopted") or {}).items() for v in vs]
         _out(args, res, f"{args.action}ed {len(moved)} release(s){': ' + ', '.join(moved) if moved else ''} "
-                        f"({base}); records merged")
+                        f"({base}); records merged"
+             + (f"; adopted {', '.join(adopted)} (already here, unrecorded, the remote's very release)"
+                if adopted else ""))
         return 0
     if args.action == "rollback":
         res = reg.rollback(args.model, args.channel, by=actor("edgeopt registry rollback"))

@@ -338,8 +338,27 @@ def test_fetch_never_adopts_a_different_unrecorded_release_directory(reg, tmp_pa
     orphan.chmod(0o755)
     shutil.rmtree(orphan)
     shutil.copytree(other.release_dir("m", "0.0.3"), orphan)
-    registry_remote.fetch(reg, fs, base)
+    res = registry_remote.fetch(reg, fs, base)
+    assert res["fetched"] == {} and res["adopted"] == {"m": ["0.0.3"]}  # said, not silently recorded
     assert "0.0.3" in reg.record("m")["releases"] and reg.verify() == []
+
+
+def test_one_refused_model_does_not_stop_the_others_and_fetch_still_fails(reg, tmp_path):
+    """A team registry with several models: one bad remote release must not keep the good models from a
+    device's fetch, and CI must still see the failure (an error naming the refused model, and what came)."""
+    src = tmp_path / "src"
+    for model in ("a-cam", "z-gateway"):
+        (src / f"{model}.onnx").write_bytes(model.encode())
+        reg.publish(model, {"model.onnx": src / f"{model}.onnx"}, {"primary": "model.onnx"})
+    fs, base = remote_with(reg, tmp_path)
+    manifest = Path(base) / "m" / "0.0.2" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"two"', '"evil"'))
+    here = Registry(tmp_path / "here")
+    with pytest.raises(RegistryError, match=r"^m: m@0.0.2: the remote manifest differs.*\(the other models were "
+                                            r"fetched: a-cam@0.0.1, z-gateway@0.0.1\)$"):
+        registry_remote.fetch(here, fs, base)
+    assert here.models() == ["a-cam", "z-gateway"] and here.verify() == []
+    assert here.versions("m") == [] and not (here.root / "m" / "registry.json").exists()
 
 
 def test_pulling_again_keeps_a_file_edited_since_the_last_pull(reg, tmp_path):
