@@ -39,6 +39,13 @@ RULE = ("A candidate passes when its status is ok in export, evaluate and bench 
         "candidate passes.")
 
 
+def forget_results(paths: Paths) -> None:
+    """Remove the results a gate decision is read from (evaluate's and bench's metrics, the gate report) before a
+    work dir is used again: a run that stops before its gate this time must not be judged by the last report."""
+    for f in (paths.metrics("evaluate"), paths.metrics("bench"), paths.report("gate.json")):
+        f.unlink(missing_ok=True)
+
+
 def rel(path: Path, paths: Paths) -> str:
     """A path as recorded in reports: relative to the project root when inside it."""
     try:

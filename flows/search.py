@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from edgeopt.cliargs import add_params_args
 from edgeopt.logs import quiet_third_party
 from edgeopt.errors import ParamsError, StageError
+from edgeopt.gating import forget_results
 from edgeopt.params import Params, Search, project_params
 from edgeopt.paths import Paths
 from edgeopt.search_space import INTERMEDIATE, assess, corner_overrides, distributions, knobs, trial_overrides
@@ -164,6 +165,7 @@ def run_study(study_dir: str, name: str, params_file: str, trial_base: list[str]
                 finished += 1
                 continue
             workdir = link_shared_inputs(shared, str(Path(out_dir) / f"trial-{trial.number}"))
+            forget_results(Paths(Path(workdir)))  # a study whose study/ was deleted numbers trials from 0 again
             trial.set_user_attr("workdir", workdir)
             logger.info("trial-%d: %s", trial.number, " ".join(extra))
             inflight[trial.number] = (trial, run_trial.submit(trial.number, trial._trial_id, trial_params, workdir,

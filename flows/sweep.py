@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from edgeopt.cliargs import add_params_args
-from edgeopt.gating import rank_key
+from edgeopt.gating import forget_results, rank_key
 from edgeopt.io import write_json
 from edgeopt.params import project_params
 from edgeopt.paths import Paths
@@ -66,13 +66,6 @@ def run_configs(configs: list[dict[str, Any]], params_file: str, overrides: list
         params = project_params(params_file, overrides + cfg["overrides"], root)
         futures[cfg["id"]] = submit_stages(stages, params, cfg["workdir"], label=cfg["id"])
     return {cid: stopped_because(final_states(f)) or lost_on_cluster(f) for cid, f in futures.items()}
-
-
-def forget_results(paths: Paths) -> None:
-    """Remove an earlier sweep's results from a reused work dir: a configuration that stops before its gate
-    this time must not be judged by the last run's report."""
-    for f in (paths.metrics("evaluate"), paths.metrics("bench"), paths.report("gate.json")):
-        f.unlink(missing_ok=True)
 
 
 def config_result(cfg: dict[str, Any], stopped: str | None) -> tuple[dict, list[dict], dict | None]:
