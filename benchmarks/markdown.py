@@ -134,6 +134,11 @@ def render(doc: dict[str, Any]) -> str:
                     "train .. evaluate per seed; sizes, MACs and latencies are seed 0's" if add.get("seeds") else
                     f"- table re-derived from the seeds' files by `--add-seeds` {when}, no training")
                    + (f"; {add['note']}" if add.get("note") else ""))
+    add = doc.get("added_probe")
+    if add:
+        out.append(f"- convergence probe added by `--add-probe` (started {add.get('started')}, "
+                   f"{_n(add.get('wall_s'), ',.0f')} s, git {(add.get('git') or {}).get('short')})"
+                   + (f"; {add['note']}" if add.get("note") else ""))
     for cut in s.get("cut") or []:
         out.append(f"- left out of this run: {cut}")
     data = s.get("data") or {}

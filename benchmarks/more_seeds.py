@@ -50,7 +50,7 @@ def plan(doc: dict[str, Any], want: int) -> list[int]:
     return [s for s in range(1, want) if s >= len(ref) or str(s) not in chains]
 
 
-def check_run(out: Path, fmt: str) -> dict[str, Any]:
+def check_run(out: Path, fmt: str, flag: str = "--add-seeds") -> dict[str, Any]:
     """The finished run in `out`, or AddSeedsError naming what is missing."""
     from edgeopt.errors import JSONFileError, NotRegularFileError
     from edgeopt.io import read_json
@@ -58,15 +58,15 @@ def check_run(out: Path, fmt: str) -> dict[str, Any]:
     try:
         doc = read_json(out / "benchmark.json", "benchmark result")
     except (OSError, JSONFileError, NotRegularFileError) as exc:
-        raise AddSeedsError(f"--add-seeds {out}: cannot read benchmark.json ({exc}); pass the --out DIR of a "
+        raise AddSeedsError(f"{flag} {out}: cannot read benchmark.json ({exc}); pass the --out DIR of a "
                             "finished benchmark run") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise AddSeedsError(f"--add-seeds {out}: benchmark.json is not an {fmt} result")
+        raise AddSeedsError(f"{flag} {out}: benchmark.json is not an {fmt} result")
     if not (isinstance(doc.get("compression"), dict) and doc["compression"].get("rows")):
-        raise AddSeedsError(f"--add-seeds {out}: the run has no compression table (did it finish?); rerun it")
+        raise AddSeedsError(f"{flag} {out}: the run has no compression table (did it finish?); rerun it")
     problem = _shape_problem(doc)
     if problem:
-        raise AddSeedsError(f"--add-seeds {out}: benchmark.json is damaged: {problem}; rerun the benchmark (this "
+        raise AddSeedsError(f"{flag} {out}: benchmark.json is damaged: {problem}; rerun the benchmark (this "
                             "command reads what the run wrote and changes nothing until that is whole)")
     real = out / "work" / "realistic"
     need = [real / "params.yaml", real / "data" / "prepared" / "meta.json", real / "metrics" / "evaluate.json"]
@@ -75,7 +75,7 @@ def check_run(out: Path, fmt: str) -> dict[str, Any]:
     need += [Path(r[k]["onnx"]) for r in doc.get("reference") or [] for k in ("bare", "pruned_kd") if k in r]
     for path in need:
         if not path.is_file():
-            raise AddSeedsError(f"--add-seeds {out}: {path} is missing: the run's work directory is needed "
+            raise AddSeedsError(f"{flag} {out}: {path} is missing: the run's work directory is needed "
                                 "where the run wrote it (prepared images, params, models); rerun the benchmark")
     return doc
 
@@ -129,7 +129,7 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
     if keys:
         raise AddSeedsError(f"the params differ from the first run's ({', '.join(keys[:8])}): its seeds would "
                             f"train another recipe; rerun the benchmark, or restore {base_params}")
-    recipe = (doc["reference"][0].get("recipe") or {})
+    recipe = ((doc.get("reference") or [{}])[0].get("recipe") or {})  # no peer: --add-probe trains none
     if peer_epochs and (recipe.get("epochs"), recipe.get("kd_epochs")) != tuple(peer_epochs):
         raise AddSeedsError(f"the peer's epochs differ from the first run's ({tuple(peer_epochs)} now, "
                             f"{(recipe.get('epochs'), recipe.get('kd_epochs'))} then); rerun the benchmark")
@@ -142,13 +142,13 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
     cpu, cpu_then = hardware().get("cpu"), (env.get("hardware") or {}).get("cpu")
     if cpu != cpu_then:
         raise AddSeedsError(f"another CPU model ({cpu!r}, the first run: {cpu_then!r}): torch's CPU results differ "
-                            "across CPU models; add seeds on the machine that ran the first one")
+                            "across CPU models; train more of that run on the machine that ran it")
     then = training_devices_then(doc, real)
     now = training_devices_now(real) if any(then.values()) else {}
     for side, was in then.items():
         if was is not None and was != now.get(side):
             raise AddSeedsError(f"{side} trained on {was} in the first run and would train on {now.get(side)} now: "
-                                "another device (GPU or CPU, or another GPU model) gives other numbers; add seeds "
+                                "another device (GPU or CPU, or another GPU model) gives other numbers; train more "
                                 "on a machine like the first")
     git = env.get("git") or {}
     commit = git.get("commit")
@@ -166,8 +166,10 @@ def check_recipe(doc: dict[str, Any], real: Path, base_params: Path, repo: Path,
     if proc.stdout.strip() or new:
         raise AddSeedsError(f"the training code changed since the first run (git {commit[:10]}):\n"
                             f"{proc.stdout.rstrip()}" + (f"\nnew files: {' '.join(new.split())}" if new else "")
-                            + f"\nrestore that training code (`git checkout {commit[:10]} -- {' '.join(TRAINING_CODE)}`"
-                            ", this runner stays) to train more of that run, or rerun the benchmark")
+                            + f"\nrestore that training code (`git restore --source={commit[:10]} --staged "
+                            f"--worktree -- {' '.join(TRAINING_CODE)}`: files added since go too; this runner stays, which works "
+                            "while the runner still fits that code, i.e. a nearby commit) to train more of that run, "
+                            "or rerun the benchmark")
     return None
 
 
@@ -281,15 +283,10 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
         return 1
 
     def rebuild(seed: int | None) -> int | None:
-        try:
-            compression.add_seeds(doc["compression"], paths, params, doc["reference"], seeds["accuracy"],
-                                  _seed_dirs(doc), doc.get("convergence_probe"))
-        except Exception as exc:
-            seeds["table_stale"] = True
-            return failed(f"the table could not be rebuilt with seed {seed}: {type(exc).__name__}: {exc}; "
+        problem = rederive(doc, paths, params)
+        if problem:
+            return failed(f"the table could not be rebuilt with seed {seed}: {problem}; "
                           "rerun --add-seeds once fixed (the seeds already run are kept, not trained again)")
-        seeds.pop("table_stale", None)
-        doc["errors"] = [e for e in doc["errors"] if not e.startswith("--add-seeds: the table could not")]
         save()
         return None
 
@@ -322,6 +319,31 @@ def run(out: Path, want: int | None, say, *, repo: Path, fmt: str,
         say(f"--add-seeds: seed {seed} added; {out}/benchmark.md updated")
     sm.print_summary(doc, say)
     return 0
+
+
+TABLE_ERRORS = ("--add-seeds: the table could not", "--add-probe: the table could not")
+
+
+def rederive(doc: dict[str, Any], paths, params) -> str | None:
+    """Derive the table again from the seeds' files and the probe (no training); it replaces doc's only when
+    whole. None when done (an earlier failure's error and stale mark go), else what failed (the mark stays:
+    the next --add-seeds, or --add-probe, derives it again)."""
+    import copy
+
+    from benchmarks import compression
+
+    seeds = doc.setdefault("seeds", {"seeds": [0], "chains": {}, "accuracy": {}})
+    table = copy.deepcopy(doc["compression"])
+    try:
+        compression.add_seeds(table, paths, params, doc.get("reference") or [], seeds.get("accuracy") or {},
+                              _seed_dirs(doc), doc.get("convergence_probe"))
+    except Exception as exc:
+        seeds["table_stale"] = True
+        return f"{type(exc).__name__}: {exc}"
+    doc["compression"] = table
+    seeds.pop("table_stale", None)
+    doc["errors"] = [e for e in doc["errors"] if not e.startswith(TABLE_ERRORS)]
+    return None
 
 
 def _seed_dirs(doc: dict[str, Any]) -> list[Path]:

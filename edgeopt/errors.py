@@ -14,7 +14,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1          # a stage failed (the message says why)
 EXIT_USAGE = 2           # bad params, bad arguments
 EXIT_NONE_PASS = 3       # gate: no candidate passes; evaluate-release: accuracy drifted
-EXIT_STALE = 4           # gate / promote: inputs missing, stale or tampered with
+EXIT_STALE = 4           # gate / promote: inputs missing, stale or tampered with; evaluate-release: no accuracy
+                         # recorded to check drift against
 EXIT_REGRESSION = 5      # promote: the release would regress its channel
 EXIT_INTERRUPTED = 130   # Ctrl-C (128 + SIGINT), as a shell reports it
 

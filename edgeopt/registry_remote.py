@@ -164,8 +164,9 @@ def fetch(registry: Registry, fs, base: str) -> dict[str, Any]:
             try:
                 check_name(model)
                 got, kept = _fetch_model(registry, fs, base, model)
-            except RegistryError as exc:
-                refused[model] = str(exc)
+            except (RegistryError, OSError) as exc:  # OSError: the remote or the disk failed for this model
+                why = str(exc) if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+                refused[model] = why if why.startswith((f"{model}@", f"{model}:")) else f"{model}: {why}"
                 continue
             if got:
                 done[model] = got
@@ -173,7 +174,7 @@ def fetch(registry: Registry, fs, base: str) -> dict[str, Any]:
                 adopted[model] = kept
     if refused:
         got = [f"{m}@{v}" for m, vs in done.items() for v in vs] + [f"{m}@{v}" for m, vs in adopted.items() for v in vs]
-        raise RegistryError("; ".join(f"{m}: {why}" for m, why in refused.items())
+        raise RegistryError("; ".join(refused.values())
                             + (f" (the other models were fetched: {', '.join(got)})" if got else ""))
     return {"fetched": done, "adopted": adopted, "remote": base}
 

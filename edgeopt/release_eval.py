@@ -209,7 +209,7 @@ def summarize(manifest: dict[str, Any], folder: Folder, measured: dict[str, Any]
               max_drop: float | None = DEFAULT_MAX_DROP) -> dict[str, Any]:
     """The report: accuracy, per-class table, confusion matrix, skipped files and the drift check (`max_drop`
     None: not asked for). Status `not_compared` when a check was asked for but the manifest records no accuracy:
-    a drift check that could not run must not read as passed."""
+    a drift check that could not run must not read as passed; `not_checked` when none was asked for."""
     confusion: np.ndarray = measured["confusion"]
     n, correct = int(confusion.sum()), int(np.trace(confusion))
     if n == 0:
@@ -232,7 +232,7 @@ def summarize(manifest: dict[str, Any], folder: Folder, measured: dict[str, Any]
                              "recorded_accuracy": recorded, "recorded_split": metrics.get("split"),
                              "recorded_images": metrics.get("images")}
     if max_drop is None:
-        drift.update(difference_pt=None, passed=None, compared="not checked: --report-only")
+        drift.update(difference_pt=None, passed=None, compared="not checked: a report without a drift check")
     elif isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and math.isfinite(recorded):
         diff = accuracy - recorded
         drift.update(difference_pt=round(diff, 2), passed=-diff <= max_drop,
@@ -254,8 +254,9 @@ def summarize(manifest: dict[str, Any], folder: Folder, measured: dict[str, Any]
         "confusion": {"rows": "true class", "columns": "predicted class", "labels": folder.classes,
                       "matrix": confusion.tolist()},
         "skipped": measured["skipped"], "drift": drift,
-        "status": ("drift" if drift["passed"] is False else
-                   "not_compared" if drift["passed"] is None and max_drop is not None else "ok"),
+        # `ok` only for a check that ran and passed: a report read later must not pass for a verdict
+        "status": ("drift" if drift["passed"] is False else "ok" if drift["passed"] else
+                   "not_checked" if max_drop is None else "not_compared"),
         "wall_s": measured["wall_s"], "images_per_s": measured["images_per_s"], "memory": measured["memory"],
     }
 

@@ -325,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search: {state.message}", file=sys.stderr)
         status = doc.get("status") if isinstance(doc, dict) else None
         return 2 if status == "bad_params" else 3 if status in ("none_feasible", "winner_fails_gate") else 1
-    best = doc["best"]
     print(doc["message"])
     print(f"release it: {doc['release']['cp']}")
     print(f"        or: {doc['release']['dvc_exp_run']}")

@@ -449,6 +449,7 @@ def test_add_seeds_refuses_a_dir_it_cannot_extend(tmp_path, capsys):
 
 
 def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
+    import re
     import subprocess
 
     from benchmarks.chain import Chain
@@ -460,6 +461,9 @@ def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "edgeopt").mkdir(parents=True)
     (repo / "edgeopt" / "training.py").write_text("EPOCHS = 1\n")
+    for rel in ("stages/prune.py", "benchmarks/reference.py", "benchmarks/chain.py"):  # every path it compares
+        (repo / rel).parent.mkdir(exist_ok=True)
+        (repo / rel).write_text("")
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run([*git, "-C", str(repo), "add", "-A"], check=True)
@@ -471,6 +475,7 @@ def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
            "environment": {"git": {"commit": commit.strip()}, "libraries": library_versions(),
                            "hardware": {"cpu": hardware()["cpu"]}}}
     assert check_recipe(doc, real, REPO / "params.yaml", repo, (15, 5)) is None  # same params, code, machine
+    assert check_recipe({**doc, "reference": []}, real, REPO / "params.yaml", repo) is None  # --add-probe: no peer
     with pytest.raises(AddSeedsError, match=r"peer's epochs differ.*\(10, 5\) now"):
         check_recipe(doc, real, REPO / "params.yaml", repo, (10, 5))
     old_torch = {**doc, "environment": {**doc["environment"], "libraries": {**library_versions(), "torch": "1.0"}}}
@@ -488,11 +493,14 @@ def test_add_seeds_refuses_another_recipe(tmp_path, monkeypatch):
         check_recipe(doc, real, changed, repo)
     # the training code changed since the commit that ran the first seed
     (repo / "edgeopt" / "training.py").write_text("EPOCHS = 2\n")
-    with pytest.raises(AddSeedsError, match=f"(?s)training code changed.*edgeopt/training.py.*`git checkout "
-                       f"{commit.strip()[:10]} -- edgeopt stages benchmarks/reference.py benchmarks/chain.py`"):
+    with pytest.raises(AddSeedsError, match=r"(?s)training code changed.*edgeopt/training.py") as refused:
         check_recipe(doc, real, REPO / "params.yaml", repo)
+    advice = re.search(r"`(git restore [^`]+)`", str(refused.value)).group(1)
+    (repo / "edgeopt" / "added.py").write_text("")  # a file added since counts, and the advice removes it too
+    subprocess.run(["git", "add", "edgeopt/added.py"], cwd=repo, check=True)
+    subprocess.run(advice.split(), cwd=repo, check=True)  # the advice, followed, clears the refusal
+    assert check_recipe(doc, real, REPO / "params.yaml", repo) is None and not (repo / "edgeopt" / "added.py").exists()
     (repo / "edgeopt" / "training.py").write_text("EPOCHS = 1\n")
-    (repo / "stages").mkdir()
     (repo / "stages" / "train.py").write_text("")  # a new, uncommitted file counts too
     with pytest.raises(AddSeedsError, match="(?s)training code changed.*new files: stages/train.py"):
         check_recipe(doc, real, REPO / "params.yaml", repo)
@@ -662,8 +670,8 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
     assert rows["peer_bare_pruned_kd"]["seeds"]["accuracy"] == [89.0, 90.0, 91.0]
     assert doc["budget"]["parts_s"]["external peer"] == 60.0 and doc["duration_s"] > 100.0
     assert [a["seeds"] for a in doc["added_seeds"]] == [[], [1], [2]]  # the failed try is on record
-    # a run made without the convergence probe says so: --add-seeds does not run it
-    assert any("convergence probe" in c and "does not run it" in c for c in doc["settings"]["cut"])
+    # a run made without the convergence probe says so, and how to add it
+    assert any("convergence probe" in c and "--add-probe DIR" in c for c in doc["settings"]["cut"])
     assert doc["compression"]["targets"]["items"][1]["met"] is None and "not shown" in doc["compression"][
         "targets"]["note"]
     # a table that cannot be rebuilt keeps the seed's runs; the next call rebuilds it without training
@@ -696,9 +704,13 @@ def test_add_seeds_keeps_every_finished_seed_when_a_later_step_fails(tmp_path, m
 def test_add_probe_runs_the_probe_a_run_left_out_and_the_targets_follow_it(tmp_path, monkeypatch, capsys):
     """A run made in sittings (--no-probe) could never show a converged baseline: --add-probe trains seed 0's
     baseline longer on the same images, records the verdict, and the targets and the cut list follow it."""
-    from benchmarks import chain as ch
-    from benchmarks import more_probe, more_seeds, seed_runs
+    from types import SimpleNamespace
 
+    from benchmarks import chain as ch
+    from benchmarks import convergence_probe, more_probe, more_seeds, seed_runs
+
+    clock = iter(range(0, 10**6, 60))  # each reading a minute later: the probe's wall time is never 0
+    monkeypatch.setattr(convergence_probe, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
     out = _finished_run(tmp_path)
     real = out / "work" / "realistic"
     doc = json.loads((out / "benchmark.json").read_text())
@@ -734,16 +746,27 @@ def test_add_probe_runs_the_probe_a_run_left_out_and_the_targets_follow_it(tmp_p
     assert recipe_checked == [real]  # it trains: the recipe must be the first run's
     assert doc["convergence_probe"]["ok"] is False and any(e.startswith("convergence probe:") for e in doc["errors"])
     assert probe_item(doc)["met"] is None and doc["compression"]["targets"]["all_met"] is False
-    # run again: it retries; +0.3 pt from 3 -> 5 epochs is within 0.5: converged, the error and the cut go
-    result["status"] = "ok"
+    # run again: it retries and trains; the table cannot be derived (a peer model unreadable): exit 1, the probe kept
+    result["status"], trained[:] = "ok", []
+    monkeypatch.setattr(compression, "peer_accuracy", lambda *a: 1 / 0)
+    assert main(["--add-probe", str(out)]) == 1
+    doc = read()
+    assert len(trained) == 1 and doc["convergence_probe"]["ok"] and doc["seeds"]["table_stale"]
+    assert any(e.startswith("--add-probe: the table could not") for e in doc["errors"])
+    # once fixed, run again: no training, the table derived; +0.3 pt from 3 -> 5 epochs is within 0.5: converged,
+    # the errors and the cut go
+    monkeypatch.setattr(compression, "peer_accuracy", lambda runs, key, paths, params: [89.0] * len(runs))
+    trained[:] = []
     assert main(["--add-probe", str(out)]) == 0
     doc = read()
+    assert trained == [] and "table_stale" not in doc["seeds"]
     assert doc["convergence_probe"]["converged"] is True and doc["convergence_probe"]["test_gain"] == 0.3
     assert probe_item(doc)["met"] is True and probe_item(doc)["value"] == 0.3
     assert not any("probe" in e for e in doc["errors"])
-    assert not any("probe" in c for c in doc["settings"]["cut"]) and doc["added_probe"]["wall_s"] >= 0
-    assert doc["budget"]["parts_s"]["convergence probe (seed 0 trained longer)"] > 0
-    assert "-> 5 epochs 90.30 % test (+0.30 pt" in (out / "benchmark.md").read_text()
+    assert not any("probe" in c for c in doc["settings"]["cut"]) and doc["errors"] == []
+    assert doc["budget"]["parts_s"]["convergence probe (seed 0 trained longer)"] == 60.0
+    md = (out / "benchmark.md").read_text()
+    assert "-> 5 epochs 90.30 % test (+0.30 pt" in md and "convergence probe added by `--add-probe`" in md
     # a run with its probe: nothing to do, nothing rewritten
     written, trained[:] = (out / "benchmark.json").read_bytes(), []
     assert main(["--add-probe", str(out)]) == 0 and trained == []

@@ -125,8 +125,10 @@ def test_drifted_copy_exits_3_and_names_the_figures(released, tmp_path):
     assert _evaluate(root, ref, str(blurred), "--max-drop", "100")[0].returncode == 0
     # --report-only: the figures without a verdict, exit 0 whatever the accuracy
     res, report = _evaluate(root, ref, str(blurred), "--json", "--report-only")
-    assert res.returncode == 0 and report["status"] == "ok" and report["drift"]["passed"] is None
-    assert report["accuracy"] < RECORDED - 2.0 and "--report-only" in report["drift"]["compared"]
+    assert res.returncode == 0 and report["status"] == "not_checked" and report["drift"]["passed"] is None
+    assert report["accuracy"] < RECORDED - 2.0 and "without a drift check" in report["drift"]["compared"]
+    both = _evaluate(root, ref, str(blurred), "--report-only", "--max-drop", "1")[0]  # which one was meant?
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 @pytest.mark.parametrize("metrics", [{}, {"accuracy": None}, {"accuracy": "94.8"}, {"accuracy": True}])
@@ -142,7 +144,19 @@ def test_a_drift_check_that_cannot_compare_never_reads_as_passed(metrics):
     assert report["status"] == "not_compared" and report["drift"]["passed"] is None and report["accuracy"] == 87.5
     assert "the manifest records no accuracy -> NOT COMPARED (exit 4)" in format_text(report)
     only = summarize({"name": MODEL, "version": "0.0.1", "metrics": metrics}, folder, measured, None)
-    assert only["status"] == "ok" and only["drift"]["compared"] == "not checked: --report-only"
+    assert only["status"] == "not_checked" and "without a drift check" in only["drift"]["compared"]
+
+
+def test_a_release_without_a_recorded_accuracy_exits_4_unless_report_only(tmp_path):
+    """The CLI's exit codes for the two: a CI drift step on such a release fails, a report-only step does not."""
+    release = _big_release(tmp_path, metrics={})
+    _tiny_pngs(tmp_path / "d", 20)
+    res, report = _evaluate(tmp_path, str(release), str(tmp_path / "d"), "--json")
+    assert res.returncode == 4 and report["status"] == "not_compared" and report["images"] == 20
+    text = _evaluate(tmp_path, str(release), str(tmp_path / "d"))[0]
+    assert text.returncode == 4 and "NOT COMPARED (exit 4)" in text.stdout
+    res, report = _evaluate(tmp_path, str(release), str(tmp_path / "d"), "--json", "--report-only")
+    assert res.returncode == 0 and report["status"] == "not_checked"
 
 
 def test_undecodable_only_and_tampered_release(released, tmp_path):
@@ -175,7 +189,7 @@ def test_torch_free(released, tmp_path):
 
 # --- 10,000 images in bounded memory ---------------------------------------------------------------------------
 
-def _big_release(tmp_path: Path) -> Path:
+def _big_release(tmp_path: Path, metrics: dict | None = None) -> Path:
     """A release whose input contract is 64x64 RGB (a hand-made ONNX model: channel means -> 10 logits), so each
     decoded image holds 12 KB: keeping 10,000 of them (or their float32 copies) would show at once."""
     import onnx
@@ -195,7 +209,7 @@ def _big_release(tmp_path: Path) -> Path:
                 "classes": list("abcdefghij"),
                 "input": {"layout": "NCHW", "channels": 3, "color_order": "RGB", "mean": [0.5] * 3, "std": [0.25] * 3,
                           "resize": {"size": [64, 64]}},
-                "metrics": {"accuracy": 10.0, "split": "test", "images": 1000}}
+                "metrics": {"accuracy": 10.0, "split": "test", "images": 1000} if metrics is None else metrics}
     return reg.publish("big", {"model.onnx": model_path}, manifest)["path"]
 
 

@@ -27,7 +27,8 @@ COMMANDS = (
     ("evaluate-release", "release_eval", "Accuracy, per-class table, confusion matrix and drift check of a release "
                                          "on a labelled folder (torch-free)",
      "Evaluate a release on DATA_DIR/<class>/<image> in its runtime; exit 3 when accuracy falls below the "
-     "manifest's by more than --max-drop points."),
+     "manifest's by more than --max-drop points, 4 when the manifest records no accuracy to compare with "
+     "(--report-only: no check, exit 0)."),
 )
 
 

@@ -4,7 +4,7 @@ with the confusion matrix and a drift check against the accuracy in its manifest
     edgeopt evaluate-release registry:digits-classifier@production data/new-camera/
     edgeopt evaluate-release release/ data/march/ --max-drop 1 --json > eval.json; echo $?   # CI: 3 = drifted
 
-Exit codes: 0 within the allowed drop (or --report-only), 3 accuracy lower than the manifest's by more than
+Exit codes: 0 within the allowed drop (or --report-only: no check), 3 accuracy lower than the manifest's by more than
 --max-drop, 4 the drift check could not run (the manifest records no accuracy; --report-only skips the check),
 2 DATA_DIR does not fit the release (a class folder it does not know, no class folders), 1 the release fails
 verification or no image could be decoded. Core logic: edgeopt.release_eval.
@@ -26,12 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("release", help="pulled release directory, or registry:<model>@<version|channel>")
     p.add_argument("data_dir", metavar="DATA_DIR", help="labelled folder DATA_DIR/<class>/<image>; folder names "
                                                         "are the release's class names")
-    p.add_argument("--max-drop", type=in_range(0, 100, float, " points"), default=DEFAULT_MAX_DROP, metavar="POINTS",
-                   help="exit 3 when accuracy is lower than the manifest's by more than this many points "
-                        f"(default {DEFAULT_MAX_DROP:g})")
-    p.add_argument("--report-only", action="store_true",
-                   help="measure and report without the drift check (exit 0 whatever the accuracy); without it, a "
-                        "release whose manifest records no accuracy exits 4: nothing to compare with")
+    check = p.add_mutually_exclusive_group()
+    check.add_argument("--max-drop", type=in_range(0, 100, float, " points"), default=DEFAULT_MAX_DROP,
+                       metavar="POINTS", help="exit 3 when accuracy is lower than the manifest's by more than this "
+                                              f"many points (default {DEFAULT_MAX_DROP:g})")
+    check.add_argument("--report-only", action="store_true",
+                       help="measure and report without the drift check (status not_checked, exit 0 whatever the "
+                            "accuracy); without it, a release whose manifest records no accuracy exits 4 (status "
+                            "not_compared): nothing to compare with")
     p.add_argument("--out", metavar="DIR", help="where report.json and confusion.png go "
                                                 "(default: release-eval/<model>-<version>/)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the text summary")

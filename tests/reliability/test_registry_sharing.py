@@ -354,11 +354,16 @@ def test_one_refused_model_does_not_stop_the_others_and_fetch_still_fails(reg, t
     manifest = Path(base) / "m" / "0.0.2" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"two"', '"evil"'))
     here = Registry(tmp_path / "here")
-    with pytest.raises(RegistryError, match=r"^m: m@0.0.2: the remote manifest differs.*\(the other models were "
+    with pytest.raises(RegistryError, match=r"^m@0.0.2: the remote manifest differs.*\(the other models were "
                                             r"fetched: a-cam@0.0.1, z-gateway@0.0.1\)$"):
         registry_remote.fetch(here, fs, base)
     assert here.models() == ["a-cam", "z-gateway"] and here.verify() == []
     assert here.versions("m") == [] and not (here.root / "m" / "registry.json").exists()
+    # the remote failing for one model (a file unreadable there): the same, with the error named
+    (Path(base) / "a-cam" / "0.0.1" / "model.onnx").unlink()
+    with pytest.raises(RegistryError, match=r"a-cam: FileNotFoundError: .*m@0.0.2: the remote manifest differs"):
+        registry_remote.fetch(Registry(tmp_path / "there"), fs, base)
+    assert Registry(tmp_path / "there").models() == ["z-gateway"]
 
 
 def test_pulling_again_keeps_a_file_edited_since_the_last_pull(reg, tmp_path):
