@@ -443,7 +443,11 @@ def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
     if gate is None:
         return None
     return {"status": gate.get("status"), "selected": gate.get("selected"), "passed": gate.get("passed"),
-            "thresholds": gate.get("thresholds"), "error": gate.get("error")}
+            "thresholds": gate.get("thresholds"), "error": gate.get("error"),
+            "evaluation": gate.get("evaluation"),  # the split and images the gate's drops were measured on
+            # each candidate's drop and paired SE as the gate judged it (a pass or fail within one SE is chance)
+            "drops": {r["name"]: {"drop": r.get("drop"), "drop_se": r.get("drop_se")} for r in gate.get("rows") or []
+                      if isinstance(r, dict) and r.get("drop") is not None}}
 
 
 def _acc(r: dict[str, Any] | None) -> float | None:
@@ -570,7 +574,8 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
         {"name": "passed edgeopt's own gate (a release would be promoted)", "value": (gate or {}).get("status"),
          "limit": "pass", "op": "==", "unit": "",
          "detail": "no gate report" if not gate else "the gate of seed 0's chain (the run's pick); "
-                   + _thresholds(gate.get("thresholds")) + (f"; {gate['error']}" if gate.get("error") else "")},
+                   + _thresholds(gate.get("thresholds")) + _gate_drop(gate, row["name"])
+                   + (f"; {gate['error']}" if gate.get("error") else "")},
     ]
     for it in items:
         v, lim = it["value"], it["limit"]
@@ -585,6 +590,16 @@ def targets(rows: list[dict[str, Any]], selected: str | None, selected_by: str,
             ("the baseline did not converge" if training.get("converged") is False else
              "the baseline's convergence was not shown (a check not measured)")
             + ": targets are not met whatever the other figures say"}
+
+
+def _gate_drop(gate: dict[str, Any], name: str) -> str:
+    """'; <name>'s drop at the gate D +- SE pt (N <split> images)', when the gate report recorded it."""
+    d = (gate.get("drops") or {}).get(name) or {}
+    if d.get("drop") is None or d.get("drop_se") is None:
+        return ""
+    ev = gate.get("evaluation") or {}
+    return (f"; {name}'s drop at the gate {d['drop']:.2f} +- {d['drop_se']:.2f} pt (paired SE, {ev.get('images')} "
+            f"{ev.get('split')} images)")
 
 
 def _thresholds(t: Any) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt import pareto
+from edgeopt.accuracy import paired_drop, upper_bound
 from edgeopt.candidates import allowed_runtimes
 from edgeopt.errors import PathEscapeError, StaleInputsError
 from edgeopt.io import read_json, sha256_file, sha256_json
@@ -29,7 +30,9 @@ FORMAT = "edgeopt-gate/1"
 GATES = ("accuracy_drop", "latency", "size")
 RANK_KEYS = ("latency", "size", "accuracy")
 RULE = ("A candidate passes when its status is ok in export, evaluate and bench and it meets every gate: "
-        "accuracy drop (points, vs the FP32 baseline in the same runtime) <= max_accuracy_drop, latency at "
+        "accuracy drop (points, vs the FP32 baseline in the same runtime, on the same images) <= max_accuracy_drop "
+        "(with accuracy_confidence c > 0: the drop's one-sided upper bound at confidence c, from its paired "
+        "standard error over those images), latency at "
         "latency_percentile <= max_latency_ms, shipped bytes <= max_size_bytes. The pick is on the Pareto front "
         "of the passing candidates (accuracy, latency, size; latencies within latency_tolerance count as equal): "
         "a candidate another one matches or beats on all three and beats on one is never picked. On the front, "
@@ -156,7 +159,8 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: str) -> list[str]:
+def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: str, images: Any = None,
+               name: str | None = None) -> list[str]:
     """Reasons why the recorded measurements cannot be real: a latency, size or accuracy that is negative, zero,
     infinite, NaN or not a number, percentiles out of order, a drop that contradicts the accuracies. Such a
     candidate fails the gate with these reasons (it is never ranked)."""
@@ -178,6 +182,7 @@ def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: st
         drop = need("evaluate drop", drop, lambda x: -100 <= x <= 100, "a drop is in -100..100 points")
         if None not in (drop, acc, base) and abs(drop - (base - acc)) > 1e-3:
             out.append(f"impossible measurement: evaluate drop {drop} != baseline_accuracy {base} - accuracy {acc}")
+    out += _impossible_pairing(ev, drop, images, own=name is not None and ev.get("baseline") == name)
     latency = {k: v for k, v in lat.items() if k.endswith("_ms")}
     if f"{pct}_ms" in latency:
         for key, value in latency.items():
@@ -195,6 +200,23 @@ def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: st
     return out
 
 
+def _impossible_pairing(ev: dict[str, Any], drop: float | None, images: Any, own: bool) -> list[str]:
+    """The paired counts (images lost / gained against the baseline) and the drop's SE, when recorded, must be
+    whole counts that fit the evaluated images and give the recorded drop and SE (0 for the baseline itself)."""
+    lost, gained, se = ev.get("lost"), ev.get("gained"), ev.get("drop_se")
+    if lost is None and gained is None and se is None:
+        return []
+    counts = [x for x in (lost, gained, images) if isinstance(x, int) and not isinstance(x, bool) and x >= 0]
+    if len(counts) < 3 or lost + gained > images or images == 0 or _finite(se) is None:
+        return [f"impossible measurement: evaluate lost {lost!r} / gained {gained!r} of {images!r} images with "
+                f"drop_se {se!r} (whole counts that fit the images and a number are needed)"]
+    want = {"drop": 0.0, "drop_se": 0.0} if own and lost == gained == 0 else paired_drop(lost, gained, images)
+    if (drop is not None and abs(want["drop"] - drop) > 1e-3) or abs(want["drop_se"] - se) > 1e-3:
+        return [f"impossible measurement: evaluate lost {lost} / gained {gained} of {images} images give drop "
+                f"{want['drop']} +- {want['drop_se']}, not the recorded {drop} +- {se}"]
+    return []
+
+
 def gate_result(value: float, threshold: float) -> dict[str, Any]:
     return {"value": value, "threshold": threshold, "margin": round(threshold - value, 6), "passed": value <= threshold}
 
@@ -203,10 +225,18 @@ def evaluate_gates(row: dict[str, Any], params: Params) -> None:
     """Fill row['gates'], verdict and reasons from the measured numbers."""
     g = params.gate
     pct = g.latency_percentile
-    row["gates"] = {"accuracy_drop": gate_result(row["drop"], g.max_accuracy_drop),
+    conf = g.accuracy_confidence
+    drop_gate = gate_result(row["drop"], g.max_accuracy_drop)
+    if conf:  # the bound, not the measured drop, must be within the limit
+        bound = round(upper_bound(row["drop"], row["drop_se"], conf), 6)
+        drop_gate = {**gate_result(bound, g.max_accuracy_drop), "measured": row["drop"], "se": row["drop_se"],
+                     "confidence": conf}
+    row["gates"] = {"accuracy_drop": drop_gate,
                     "latency": gate_result(row["latency_ms"], g.max_latency_ms),
                     "size": gate_result(row["size_bytes"], g.max_size_bytes)}
-    text = {"accuracy_drop": lambda r: f"accuracy drop {r['value']:.2f} pt > max {r['threshold']:.2f} pt",
+    text = {"accuracy_drop": lambda r: (f"accuracy drop {r['measured']:.2f} pt, its {100 * conf:g} % upper bound "
+                                        f"{r['value']:.2f} pt > max {r['threshold']:.2f} pt" if conf else
+                                        f"accuracy drop {r['value']:.2f} pt > max {r['threshold']:.2f} pt"),
             "latency": lambda r: f"{pct} latency {r['value']:.3f} ms > max {r['threshold']:.3f} ms",
             "size": lambda r: f"size {r['value']:,} B > max {r['threshold']:,} B"}
     row["reasons"] = [text[k](r) for k, r in row["gates"].items() if not r["passed"]]
@@ -278,7 +308,7 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
             "name": name, "source": c.get("source"), "runtime": c.get("runtime"), "precision": c.get("precision"),
             "technique": c.get("technique"), "stages": c.get("stages", []), "format": c.get("format"),
             "baseline": name in baselines or c.get("source") == "baseline", "files": c.get("files", []),
-            "primary": c.get("primary"), "accuracy": None, "drop": None, "latency_ms": None, "size_bytes": None,
+            "primary": c.get("primary"), "accuracy": None, "drop": None, "drop_se": None, "latency_ms": None, "size_bytes": None,
             "metrics": {}, "latency": {}, "gates": {}, "verdict": "rejected", "reasons": []}
         rows.append(row)
         if c.get("status") != "ok":
@@ -300,7 +330,8 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
         check_measured(name, ev, measured, files, eval_path, paths)
         if lat.get("status", "ok") == "ok":
             check_measured(name, lat, measured, files, lat_path, paths)
-        row["metrics"] = {k: ev.get(k) for k in ("accuracy", "baseline", "baseline_accuracy", "drop", "params",
+        row["metrics"] = {k: ev.get(k) for k in ("accuracy", "baseline", "baseline_accuracy", "drop", "drop_se",
+                                                 "lost", "gained", "params",
                                                  "nonzero_params", "macs", "unique_weights", "file_bytes",
                                                  "gzip_bytes")}
         row["latency"] = {k: v for k, v in lat.items() if k.endswith(("_ms", "_fps")) or k == "runs"}
@@ -314,12 +345,17 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
             raise StaleInputsError(f"{rel(eval_path, paths)}: no accuracy/drop for {name}; rerun `edgeopt evaluate`")
         if lat.get(f"{pct}_ms") is None:
             raise StaleInputsError(f"{rel(lat_path, paths)}: no {pct}_ms for {name}; rerun the benchmark")
-        bad = impossible(ev, lat, row["size_bytes"], pct)
+        bad = impossible(ev, lat, row["size_bytes"], pct, evaluate.get("images"), name)
         if bad:  # never ranked: the numbers cannot describe a real run
             row.update(verdict="fail", reasons=bad)
             continue
         drop = ev["drop"] if ev.get("drop") is not None else ev["baseline_accuracy"] - ev["accuracy"]
-        row.update(accuracy=float(ev["accuracy"]), drop=round(float(drop), 6), latency_ms=float(lat[f"{pct}_ms"]))
+        if params.gate.accuracy_confidence and ev.get("drop_se") is None:
+            raise StaleInputsError(f"{rel(eval_path, paths)}: no drop_se for {name} (gate.accuracy_confidence needs "
+                                   "the drop's paired spread, which this evaluate records); rerun "
+                                   "`edgeopt evaluate`")
+        row.update(accuracy=float(ev["accuracy"]), drop=round(float(drop), 6), latency_ms=float(lat[f"{pct}_ms"]),
+                   drop_se=None if ev.get("drop_se") is None else float(ev["drop_se"]))
         evaluate_gates(row, params)
     return rows, measured_all
 
@@ -384,6 +420,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "passed": len(report["passed"]), "rejected": sum(r["verdict"] == "rejected" for r in rows.values()),
             "failed": sum(r["verdict"] == "fail" for r in rows.values()),
             "selected_accuracy": pick["accuracy"] if pick else None, "selected_drop": pick["drop"] if pick else None,
+            "selected_drop_se": pick.get("drop_se") if pick else None,
             "selected_latency_ms": pick["latency_ms"] if pick else None,
             "selected_size_bytes": pick["size_bytes"] if pick else None,
             "rank_by": report["thresholds"]["rank_by"], "error": report["error"], "digest": report["digest"]}
@@ -393,7 +430,9 @@ def format_table(report: dict[str, Any]) -> str:
     """Candidates x gates with values, margins (threshold minus value; negative = over) and the verdict."""
     t = report["thresholds"]
     pct = t["latency_percentile"]
-    head = ["candidate", "runtime", "acc %", f"drop pt (<= {t['max_accuracy_drop']})",
+    conf = t.get("accuracy_confidence") or 0
+    drop_head = f"drop pt +-SE{f' <{100 * conf:g}% bound' if conf else ''} (<= {t['max_accuracy_drop']})"
+    head = ["candidate", "runtime", "acc %", drop_head,
             f"{pct} ms (<= {t['max_latency_ms']})", f"size KB (<= {t['max_size_bytes'] / 1e3:g})", "verdict"]
     lines = []
     for r in report["rows"]:
@@ -403,7 +442,10 @@ def format_table(report: dict[str, Any]) -> str:
             if key not in g:
                 return "-"
             v, m = g[key]["value"] / scale, g[key]["margin"] / scale
-            return f"{v:{fmt}} ({'+' if m >= 0 else ''}{m:{fmt}}) {'ok' if g[key]['passed'] else 'FAIL'}"
+            shown = f"{v:{fmt}}"
+            if key == "accuracy_drop" and r.get("drop_se") is not None:  # measured +- SE, then the bound judged
+                shown = f"{r['drop']:{fmt}} +-{r['drop_se']:{fmt}}" + (f" <{v:{fmt}}" if "measured" in g[key] else "")
+            return f"{shown} ({'+' if m >= 0 else ''}{m:{fmt}}) {'ok' if g[key]['passed'] else 'FAIL'}"
 
         verdict = r["verdict"].upper() + (" *selected*" if r["name"] == report["selected"] else "")
         if r["reasons"]:

@@ -224,6 +224,17 @@ class Gate(_Section):
     max_size_bytes: int = Field(2_000_000, gt=0, le=2**50)
     rank_by: Literal["latency", "size", "accuracy"] = "latency"
     latency_tolerance: float = Field(0.05, ge=0, le=1)
+    # 0: the measured drop must be <= max_accuracy_drop; 0.5 <= c < 1: its one-sided upper bound at confidence c
+    # (paired over the evaluated images) must be, so a drop within the limit by chance alone does not pass
+    accuracy_confidence: float = Field(0.0, ge=0, le=0.9999)
+
+    @field_validator("accuracy_confidence")
+    @classmethod
+    def _confidence(cls, value: float) -> float:
+        if 0 < value < 0.5:
+            raise ValueError("use 0 (decide on the measured drop) or a confidence from 0.5 to 0.9999 (e.g. 0.95); "
+                             "below 0.5 the bound would be below the measured drop")
+        return value
 
 
 class Registry(_Section):

@@ -12,9 +12,11 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
-from edgeopt.accuracy import accuracy_in_runtime
+from edgeopt.accuracy import correct_in_runtime, paired_drop
 from edgeopt.arrays import load_meta, open_split
 from edgeopt.errors import PathEscapeError, RuntimeModelError, StageError
 from edgeopt.io import gzip_size, read_json, sha256_file
@@ -65,6 +67,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     split = params.evaluate.split
     images, labels = open_split(paths.prepared, split)
     results: dict[str, Any] = {}
+    hits: dict[str, np.ndarray] = {}  # per-image correctness, for the paired spread of each drop
     start = peak = anon_rss_mb()
     growth = 0.0
     for cand in cands:
@@ -84,18 +87,20 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                 _verify_files(paths.exported, cand)
                 model = load_model(primary, runtime=cand["runtime"], device=params.target.device)
                 t0, before = time.perf_counter(), anon_rss_mb()
-                row["accuracy"], top = accuracy_in_runtime(model, images, labels, meta["mean"], meta["std"],
-                                                          params.evaluate.batch_size)
+                hits[cand["name"]], top = correct_in_runtime(model, images, labels, meta["mean"], meta["std"],
+                                                             params.evaluate.batch_size)
+                row["accuracy"] = 100.0 * int(hits[cand["name"]].sum()) / max(len(labels), 1)
                 row["eval_s"] = round(time.perf_counter() - t0, 3)
                 growth, peak = max(growth, top - before), max(peak, top)
                 del model
             except RuntimeModelError as exc:
                 row.update(status="failed", reason=str(exc))
         results[cand["name"]] = row
-    _add_drops(results, doc["baselines"] if isinstance(doc.get("baselines"), dict) else {})
+    _add_drops(results, doc["baselines"] if isinstance(doc.get("baselines"), dict) else {}, hits)
     for name, r in results.items():
         if r["status"] == "ok":
-            log.info("%-30s %-12s acc %.2f%%  drop %s", name, r["runtime"], r["accuracy"], r["drop"])
+            log.info("%-30s %-12s acc %.2f%%  drop %s +- %s (%s images lost, %s gained)", name, r["runtime"],
+                     r["accuracy"], r["drop"], r["drop_se"], r["lost"], r["gained"])
         else:
             log.warning("%-30s failed: %s", name, r["reason"])
     return {"split": split, "images": int(len(labels)), "batch_size": params.evaluate.batch_size,
@@ -107,15 +112,21 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                        "test_split_float32_mb": round(images.size * 4 / 2**20, 1)}}
 
 
-def _add_drops(results: dict[str, Any], baselines: dict[str, str | None]) -> None:
-    """`drop` = FP32 baseline accuracy in the same runtime minus the candidate's (points)."""
-    for r in results.values():
+def _add_drops(results: dict[str, Any], baselines: dict[str, str | None], hits: dict[str, np.ndarray]) -> None:
+    """`drop` = FP32 baseline accuracy in the same runtime minus the candidate's (points); `lost` / `gained`: the
+    images only the baseline / only the candidate got right, and `drop_se` the drop's paired standard error."""
+    for name, r in results.items():
         base_name = baselines.get(r["runtime"])
         base = results.get(base_name) if base_name else None
         r["baseline"] = base_name
         r["baseline_accuracy"] = base["accuracy"] if base else None
         ok = r["accuracy"] is not None and r["baseline_accuracy"] is not None
         r["drop"] = round(r["baseline_accuracy"] - r["accuracy"], 4) if ok else None
+        r["lost"] = r["gained"] = r["drop_se"] = None
+        if ok and name in hits and base_name in hits:
+            mine, theirs = hits[name], hits[base_name]
+            r["lost"], r["gained"] = int((theirs & ~mine).sum()), int((mine & ~theirs).sum())
+            r["drop_se"] = 0.0 if name == base_name else paired_drop(r["lost"], r["gained"], len(mine))["drop_se"]
         if r["status"] == "ok" and not ok:
             r["status"] = "failed"  # a drop that cannot be measured must not pass the accuracy gate
             r["reason"] = f"no FP32 baseline accuracy in {r['runtime']} to compare with (baseline {base_name!r} failed)"

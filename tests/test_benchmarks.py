@@ -300,6 +300,12 @@ def test_when_the_gate_passes_none_the_targets_show_the_nearest_release_and_are_
         markdown.render({"mode": "test", "compression": {"rows": rows, "targets": t, "protocol": {}}}))
     assert compression.targets(rows, "pruned_ov_int8", "fallback", refs, {"converged": True})["items"][-1][
         "met"] is None  # no gate report: not measured (so not all met)
+    # the gate's own drop of the candidate, with its paired SE: a fail within one SE of the limit is chance
+    report = {"status": "none_pass", "selected": None, "evaluation": {"split": "test", "images": 1017},
+              "rows": [{"name": "pruned_ov_int8", "drop": 0.59, "drop_se": 0.7276}, {"name": "x", "drop": None}]}
+    detail = compression.targets(rows, "pruned_ov_int8", "fallback", refs, {"converged": True},
+                                 compression._gate_summary(report))["items"][-1]["detail"]
+    assert "; pruned_ov_int8's drop at the gate 0.59 +- 0.73 pt (paired SE, 1017 test images)" in detail
     stale = {"status": "stale", "selected": None, "error": "older than the candidates"}
     assert compression._selected(rows, stale, 0.5, refs)[1].startswith("fallback (gate stale: nothing would be")
 
