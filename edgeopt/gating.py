@@ -29,6 +29,7 @@ from edgeopt.paths import Paths, confined
 FORMAT = "edgeopt-gate/1"
 GATES = ("accuracy_drop", "latency", "size")
 RANK_KEYS = ("latency", "size", "accuracy")
+MAX_IMAGES = 10**9  # images one evaluation can score: bounds the counts a record may claim
 RULE = ("A candidate passes when its status is ok in export, evaluate and bench and it meets every gate: "
         "accuracy drop (points, vs the FP32 baseline in the same runtime, on the same images) <= max_accuracy_drop "
         "(with accuracy_confidence c > 0: the drop's one-sided upper bound at confidence c, from its paired "
@@ -134,6 +135,12 @@ def check_shapes(cands_doc: dict, evaluate: dict, latency: dict, eval_path: Path
         if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
             raise StaleInputsError(f"{rel(path, paths)}: 'candidates' must be an object of candidate name -> "
                                    f"measurement object; rerun the stage that writes it")
+    images = evaluate.get("images")
+    paired = any(key in e for e in evaluate["candidates"].values() for key in ("lost", "gained", "drop_se"))
+    if (images is not None or paired) and (isinstance(images, bool) or not isinstance(images, int)
+                                            or not 0 < images <= MAX_IMAGES):
+        raise StaleInputsError(f"{rel(eval_path, paths)}: 'images' must be the whole number of images evaluated "
+                               f"(1..{MAX_IMAGES:,}), not {str(images)[:40]!r}; rerun `edgeopt evaluate`")
 
 
 def candidate_files(c: dict[str, Any], paths: Paths) -> list[Path]:
@@ -156,14 +163,18 @@ def _finite(value: Any) -> float | None:
     """value as a float when it is a real, finite number (not a bool, string, list or NaN), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:  # an int too large for a float
+        return None
 
 
 def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: str, images: Any = None,
-               name: str | None = None) -> list[str]:
+               own: bool = False) -> list[str]:
     """Reasons why the recorded measurements cannot be real: a latency, size or accuracy that is negative, zero,
-    infinite, NaN or not a number, percentiles out of order, a drop that contradicts the accuracies. Such a
-    candidate fails the gate with these reasons (it is never ranked)."""
+    infinite, NaN or not a number, percentiles out of order, a drop that contradicts the accuracies, paired
+    counts (images lost / gained) or a drop SE that no evaluation of `images` images gives. Such a candidate
+    fails the gate with these reasons (it is never ranked). `own`: the candidate is its runtime's baseline."""
     out = []
 
     def need(what: str, value: Any, ok, rule: str) -> float | None:
@@ -182,7 +193,9 @@ def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: st
         drop = need("evaluate drop", drop, lambda x: -100 <= x <= 100, "a drop is in -100..100 points")
         if None not in (drop, acc, base) and abs(drop - (base - acc)) > 1e-3:
             out.append(f"impossible measurement: evaluate drop {drop} != baseline_accuracy {base} - accuracy {acc}")
-    out += _impossible_pairing(ev, drop, images, own=name is not None and ev.get("baseline") == name)
+    if drop is None and None not in (acc, base):
+        drop = base - acc  # what the gate will judge: the counts must give it
+    out += _impossible_pairing(ev, drop, images, own, base)
     latency = {k: v for k, v in lat.items() if k.endswith("_ms")}
     if f"{pct}_ms" in latency:
         for key, value in latency.items():
@@ -200,16 +213,23 @@ def impossible(ev: dict[str, Any], lat: dict[str, Any], size_bytes: int, pct: st
     return out
 
 
-def _impossible_pairing(ev: dict[str, Any], drop: float | None, images: Any, own: bool) -> list[str]:
+def _impossible_pairing(ev: dict[str, Any], drop: float | None, images: Any, own: bool,
+                        base: float | None) -> list[str]:
     """The paired counts (images lost / gained against the baseline) and the drop's SE, when recorded, must be
-    whole counts that fit the evaluated images and give the recorded drop and SE (0 for the baseline itself)."""
+    whole counts that fit the evaluated images (lost among the baseline's right answers, gained among its wrong
+    ones) and give the recorded drop and SE (0 for the baseline itself)."""
     lost, gained, se = ev.get("lost"), ev.get("gained"), ev.get("drop_se")
     if lost is None and gained is None and se is None:
         return []
     counts = [x for x in (lost, gained, images) if isinstance(x, int) and not isinstance(x, bool) and x >= 0]
-    if len(counts) < 3 or lost + gained > images or images == 0 or _finite(se) is None:
+    if len(counts) < 3 or images == 0 or images > MAX_IMAGES or lost + gained > images or _finite(se) is None:
         return [f"impossible measurement: evaluate lost {lost!r} / gained {gained!r} of {images!r} images with "
                 f"drop_se {se!r} (whole counts that fit the images and a number are needed)"]
+    if base is not None:
+        right = base * images / 100
+        if abs(right - round(right)) > 1e-6 * images or lost > round(right) or gained > images - round(right):
+            return [f"impossible measurement: evaluate baseline_accuracy {base} of {images} images is not a whole "
+                    f"number of right answers that {lost} lost / {gained} gained images fit"]
     want = {"drop": 0.0, "drop_se": 0.0} if own and lost == gained == 0 else paired_drop(lost, gained, images)
     if (drop is not None and abs(want["drop"] - drop) > 1e-3) or abs(want["drop_se"] - se) > 1e-3:
         return [f"impossible measurement: evaluate lost {lost} / gained {gained} of {images} images give drop "
@@ -308,7 +328,8 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
             "name": name, "source": c.get("source"), "runtime": c.get("runtime"), "precision": c.get("precision"),
             "technique": c.get("technique"), "stages": c.get("stages", []), "format": c.get("format"),
             "baseline": name in baselines or c.get("source") == "baseline", "files": c.get("files", []),
-            "primary": c.get("primary"), "accuracy": None, "drop": None, "drop_se": None, "latency_ms": None, "size_bytes": None,
+            "primary": c.get("primary"), "accuracy": None, "drop": None, "drop_se": None, "latency_ms": None,
+            "size_bytes": None,
             "metrics": {}, "latency": {}, "gates": {}, "verdict": "rejected", "reasons": []}
         rows.append(row)
         if c.get("status") != "ok":
@@ -345,12 +366,13 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
             raise StaleInputsError(f"{rel(eval_path, paths)}: no accuracy/drop for {name}; rerun `edgeopt evaluate`")
         if lat.get(f"{pct}_ms") is None:
             raise StaleInputsError(f"{rel(lat_path, paths)}: no {pct}_ms for {name}; rerun the benchmark")
-        bad = impossible(ev, lat, row["size_bytes"], pct, evaluate.get("images"), name)
+        own = (cands_doc.get("baselines") or {}).get(c.get("runtime")) == name  # from export, not evaluate's claim
+        bad = impossible(ev, lat, row["size_bytes"], pct, evaluate.get("images"), own)
         if bad:  # never ranked: the numbers cannot describe a real run
             row.update(verdict="fail", reasons=bad)
             continue
         drop = ev["drop"] if ev.get("drop") is not None else ev["baseline_accuracy"] - ev["accuracy"]
-        if params.gate.accuracy_confidence and ev.get("drop_se") is None:
+        if params.gate.accuracy_confidence and ev.get("drop_se") is None:  # (images: checked in build_report)
             raise StaleInputsError(f"{rel(eval_path, paths)}: no drop_se for {name} (gate.accuracy_confidence needs "
                                    "the drop's paired spread, which this evaluate records); rerun "
                                    "`edgeopt evaluate`")
@@ -358,6 +380,19 @@ def build_rows(params: Params, paths: Paths, cands_doc: dict, evaluate: dict, la
                    drop_se=None if ev.get("drop_se") is None else float(ev["drop_se"]))
         evaluate_gates(row, params)
     return rows, measured_all
+
+
+def check_images(evaluate: dict, eval_path: Path, paths: Paths) -> None:
+    """The confidence rule's spread shrinks with the images evaluated: they must be the prepared split's."""
+    try:
+        counts = (read_json(paths.meta, "prepared data meta").get("counts") or {}).get(evaluate.get("split"))
+    except (OSError, ValueError, AttributeError):
+        counts = None  # no prepared data here (a device report's project copy): nothing to compare with
+    total = sum(v for v in counts.values() if isinstance(v, int)) if isinstance(counts, dict) else None
+    if total is not None and evaluate.get("images") != total:
+        raise StaleInputsError(f"{rel(eval_path, paths)}: evaluated {evaluate.get('images')!r} images, but the "
+                               f"prepared {evaluate.get('split')!r} split has {total}; rerun "
+                               "`edgeopt evaluate`")
 
 
 def build_report(params: Params, paths: Paths, latency_report: str | Path | None = None) -> dict[str, Any]:
@@ -369,6 +404,8 @@ def build_report(params: Params, paths: Paths, latency_report: str | Path | None
     latency = load_input(lat_path, "latency report", paths,
                          "pass a report from `edgeopt bench --out`" if latency_report else
                          "run `edgeopt bench` (`dvc repro bench`)")
+    if params.gate.accuracy_confidence:
+        check_images(evaluate, eval_path, paths)
     rows, measured = build_rows(params, paths, cands_doc, evaluate, latency, eval_path, lat_path)
     if not rows:  # an input problem (exit 4), not "none passes" (exit 3): there was nothing to judge
         raise StaleInputsError(f"{paths.candidates}: lists no candidate, so there is nothing to gate; re-run "

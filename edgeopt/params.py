@@ -224,7 +224,7 @@ class Gate(_Section):
     max_size_bytes: int = Field(2_000_000, gt=0, le=2**50)
     rank_by: Literal["latency", "size", "accuracy"] = "latency"
     latency_tolerance: float = Field(0.05, ge=0, le=1)
-    # 0: the measured drop must be <= max_accuracy_drop; 0.5 <= c < 1: its one-sided upper bound at confidence c
+    # 0: the measured drop must be <= max_accuracy_drop; 0.5 <= c <= 0.9999: its one-sided upper bound at confidence c
     # (paired over the evaluated images) must be, so a drop within the limit by chance alone does not pass
     accuracy_confidence: float = Field(0.0, ge=0, le=0.9999)
 

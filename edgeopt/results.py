@@ -10,6 +10,7 @@ from edgeopt import markup as mk
 COLUMNS = [  # (key, header, format): the verdict next to the name, it is what people look for
     ("name", "candidate", "{}"), ("verdict", "gate", "{}"), ("runtime", "runtime", "{}"),
     ("precision", "precision", "{}"), ("accuracy", "accuracy %", "{:.2f}"), ("drop", "drop pt", "{:+.2f}"),
+    ("drop_se", "+- SE pt", "{:.2f}"),  # the drop's paired standard error over the evaluated images
     ("size_kb", "size KB", "{:,.1f}"), ("p50_ms", "p50 ms", "{:.3f}"), ("p90_ms", "p90 ms", "{:.3f}"),
     ("speedup_pytorch", "speed-up vs FP32 PyTorch", "{:.2f}x"),
     ("speedup_baseline", "speed-up vs FP32 runtime", "{:.2f}x"), ("params", "params", "{:,}"),
@@ -42,7 +43,7 @@ def candidate_rows(evaluate: dict[str, Any], bench: dict[str, Any], gate: dict[s
         verdict = "-" if g is None else g["verdict"] + (" (selected)" if name == selected else "")
         reasons = (g or {}).get("reasons") or ([] if ev.get("status") == "ok" else [ev.get("reason") or "failed"])
         rows.append({"index": i, "name": name, "runtime": ev.get("runtime"), "precision": ev.get("precision"),
-                     "accuracy": ev.get("accuracy"), "drop": ev.get("drop"),
+                     "accuracy": ev.get("accuracy"), "drop": ev.get("drop"), "drop_se": ev.get("drop_se"),
                      "size_kb": ev["file_bytes"] / 1e3 if ev.get("file_bytes") is not None else None,
                      "params": ev.get("params"), "macs": ev.get("macs"), "unique_weights": ev.get("unique_weights"),
                      "p50_ms": p50, "p90_ms": b.get("p90_ms") if p50 is not None else None,

@@ -111,9 +111,11 @@ def _publish(params: Params, root: Path, stage_states: dict[str, str], reason: s
     keys = []
     if rows:
         t = (gate or {}).get("thresholds", {})
+        conf = t.get("accuracy_confidence")
+        bound = f" (its {100 * conf:g} % upper bound)" if isinstance(conf, (int, float)) and conf else ""
         create_table_artifact(
             table=table_rows(rows), key="edge-release-candidates",
-            description=f"Candidates: the gate's verdict, then the metrics. Gates: drop <= "
+            description=f"Candidates: the gate's verdict, then the metrics. Gates: drop{bound} <= "
                         f"{mk.num(t.get('max_accuracy_drop'))} pt, {t.get('latency_percentile')} <= "
                         f"{mk.num(t.get('max_latency_ms'), 3)} ms, size <= {mk.size(t.get('max_size_bytes'))}. "
                         f"Selected: {mk.md_code((gate or {}).get('selected') or 'none')}.")

@@ -12,9 +12,9 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from typing import Any
 
 from edgeopt.accuracy import correct_in_runtime, paired_drop
 from edgeopt.arrays import load_meta, open_split

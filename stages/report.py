@@ -138,7 +138,10 @@ def pipeline_summary(paths: Paths) -> list[tuple[str, dict[str, Any]]]:
 
 def _gate_text(name: str, g: dict[str, Any]) -> str:
     fmt = {"accuracy_drop": lambda v: mk.pt(v, sign=False), "latency": mk.ms, "size": mk.size}.get(name, mk.human)
-    return f"{name.replace('_', ' ')} {fmt(g.get('value'))} <= {fmt(g.get('threshold'))} " \
+    what = name.replace('_', ' ')
+    if name == "accuracy_drop" and g.get("confidence"):  # the bound was judged, not the measured drop
+        what = f"accuracy drop's {100 * g['confidence']:g} % upper bound"
+    return f"{what} {fmt(g.get('value'))} <= {fmt(g.get('threshold'))} " \
            f"({'pass' if g.get('passed') else 'fail'})"
 
 
@@ -180,7 +183,9 @@ def model_card(manifest: dict[str, Any] | None, gate: dict[str, Any] | None, met
                                            if isinstance(c, dict)) or "-"),
         "", "## Metrics",
         f"- Test accuracy {mk.pct(m.get('accuracy'))} on {mk.count(m.get('images'))} {t(m.get('split') or '-')} "
-        f"images, drop {mk.pt(m.get('drop'), sign=False)} vs the FP32 baseline in the same runtime "
+        f"images, drop {mk.pt(m.get('drop'), sign=False)}"
+        + (f" +- {mk.pt(m['drop_se'], sign=False)} (paired SE)" if m.get("drop_se") is not None else "")
+        + " vs the FP32 baseline in the same runtime "
         f"({mk.pct(m.get('baseline_accuracy'))})",
         f"- Latency p50 {mk.ms(lat.get('p50_ms'))}, p90 {mk.ms(lat.get('p90_ms'))}, batch 1, "
         f"on {t(hw.get('cpu') or '-')} "

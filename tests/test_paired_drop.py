@@ -125,13 +125,21 @@ def test_confidence_rule_without_recorded_spread_is_a_stale_input(release_projec
     ({"drop_se": "0.3"}, "drop_se '0.3'"),
     ({"drop_se": 0.01}, "give drop 0.5556 +- "),  # a spread smaller than the counts give
     ({"lost": 9}, "give drop 1.6667 +- "),  # counts that do not give the recorded drop
+    ({"lost": 10**400}, "evaluate lost 1000"),  # beyond any float: no OverflowError traceback
+    ({"drop_se": 10**400}, "drop_se 1000"),
+    ({"gained": True}, "gained True of 360"),
+    ({"drop_se": float("nan")}, "drop_se nan"),
+    ({"lost": 4, "gained": 342}, "not a whole number of right answers that 4 lost / 342 gained"),  # 18 wrong only
+    ({"drop": None, "lost": 9, "gained": 3}, "give drop 1.6667 +- "),  # judged on baseline - accuracy: checked
+    ({"baseline": FP16, "lost": 0, "gained": 0, "drop": 0.0, "drop_se": 0.0,  # a claim to be its own baseline
+      "accuracy": 95.0}, "give drop 0.0 +- 0.2762, not the recorded 0.0 +- 0.0"),
 ])
 def test_counts_no_evaluation_can_give_fail_the_candidate(release_project, fields, reason):
     root = release_project
     _paired(root, {FP16: (5, 3)})
     doc = read_json(root / "metrics" / "evaluate.json")
     doc["candidates"][FP16].update(fields)
-    write_json(root / "metrics" / "evaluate.json", doc)
+    (root / "metrics" / "evaluate.json").write_text(__import__("json").dumps(doc))  # as a hand edit writes it
     gate(root)
     row = next(r for r in gate_json(root)["rows"] if r["name"] == FP16)
     assert row["verdict"] == "fail" and any(reason in r for r in row["reasons"]), row["reasons"]
@@ -143,3 +151,54 @@ def test_a_confidence_that_bounds_nothing_is_refused(value):
 
     with pytest.raises(ParamsError, match=r"gate\.accuracy_confidence"):
         load_params(REPO / "params.yaml", [f"gate.accuracy_confidence={value}"])
+
+
+@pytest.mark.parametrize("images", ["360", 0, -5, 10**12, True, 3.5, None])
+def test_an_evaluation_of_no_real_image_count_stops_the_gate(release_project, images):
+    root = release_project
+    _paired(root, {FP16: (5, 3)})
+    doc = read_json(root / "metrics" / "evaluate.json")
+    if images is None:
+        del doc["images"]
+    else:
+        doc["images"] = images
+    write_json(root / "metrics" / "evaluate.json", doc)
+    with pytest.raises(StaleInputsError, match="'images' must be the whole number of images evaluated"):
+        gate(root)
+    res = run_cli(root, "gate")
+    assert res.returncode == 4 and len(res.stderr.splitlines()) == 1, res.stderr
+
+
+def test_the_confidence_rule_needs_the_prepared_splits_image_count(release_project):
+    """A record claiming more images (a smaller SE) than the split has would pass the bound by fiat."""
+    root = release_project
+    meta = read_json(root / "data" / "prepared" / "meta.json")
+    n = sum(meta["counts"]["test"].values())
+    _paired(root, {FP16: (5, 3)})
+    doc = read_json(root / "metrics" / "evaluate.json")
+    assert doc["images"] == n  # the fixture evaluates the whole test split
+    doc["images"] = 10 * n
+    for e in doc["candidates"].values():  # consistent counts for the claimed images
+        d = paired_drop(e["lost"], e["gained"], 10 * n)
+        e.update(accuracy=e["baseline_accuracy"] - d["drop"], drop=d["drop"],
+                 drop_se=0.0 if e["baseline"] == e.get("name", e["baseline"]) and e["lost"] == 0 else d["drop_se"])
+    write_json(root / "metrics" / "evaluate.json", doc)
+    with pytest.raises(StaleInputsError, match=f"evaluated {10 * n} images, but the prepared 'test' split has {n}"):
+        gate(root, "gate.accuracy_confidence=0.95")
+
+
+def test_the_card_and_the_tables_say_what_was_judged(release_project):
+    from edgeopt.results import COLUMNS, candidate_rows
+    from stages.report import _gate_text
+
+    root = release_project
+    _paired(root, {FP16: (5, 3)})
+    gate(root, "gate.max_accuracy_drop=2", "gate.accuracy_confidence=0.95")
+    report = gate_json(root)
+    row = next(r for r in report["rows"] if r["name"] == FP16)
+    text = _gate_text("accuracy_drop", row["gates"]["accuracy_drop"])
+    assert text.startswith("accuracy drop's 95 % upper bound 1.92") and text.endswith("(pass)"), text
+    assert ("drop_se", "+- SE pt", "{:.2f}") in COLUMNS
+    rows = candidate_rows(read_json(root / "metrics" / "evaluate.json"), read_json(root / "metrics" / "bench.json"),
+                          report)
+    assert next(r for r in rows if r["name"] == FP16)["drop_se"] == row["drop_se"]
