@@ -20,7 +20,7 @@ def summary(root: Path = Path(".")) -> str:
     evaluate = _load(root / "metrics/evaluate.json").get("candidates", {})
     bench = _load(root / "metrics/bench.json").get("candidates", {})
     lines = ["", "== edgeopt run summary =="]
-    if train:
+    if isinstance(train.get("test_accuracy"), (int, float)):  # (a failed train stage records none)
         lines.append(f"baseline ({train.get('arch')}): test accuracy {train['test_accuracy']:.2f}% "
                      f"(PyTorch), {train.get('params', 0):,} params, {train.get('macs', 0):,} MACs")
     pick = gate.get("selected")
@@ -31,8 +31,11 @@ def summary(root: Path = Path(".")) -> str:
         lines.append(f"gate: {pick} picked: passes every gate, best by {rank_by} "
                      f"({len(gate.get('passed', []))} of {len(gate.get('rows', []))} candidates pass)")
         if ev:
-            lines.append(f"  test accuracy {ev['accuracy']:.2f}% in {ev['runtime']} (drop {ev['drop']:+.2f} pt vs "
-                         f"{ev['baseline']}), size {ev['file_bytes']:,} B"
+            paired = isinstance(ev.get("drop_se"), (int, float))  # evaluate.json of this version
+            se = f" +- {ev['drop_se']:.2f}" if paired else ""
+            changed = f", {ev.get('lost')} images lost, {ev.get('gained')} gained" if paired else ""
+            lines.append(f"  test accuracy {ev['accuracy']:.2f}% in {ev['runtime']} (drop {ev['drop']:+.2f}{se} pt vs "
+                         f"{ev['baseline']}{changed}), size {ev['file_bytes']:,} B"
                          + (f" ({base['file_bytes'] / ev['file_bytes']:.1f}x smaller)" if base.get("file_bytes") else ""))
         if be:
             lines.append(f"  latency p50 {be['p50_ms']:.3f} ms, p90 {be['p90_ms']:.3f} ms (batch 1, "

@@ -202,3 +202,13 @@ def test_the_card_and_the_tables_say_what_was_judged(release_project):
     rows = candidate_rows(read_json(root / "metrics" / "evaluate.json"), read_json(root / "metrics" / "bench.json"),
                           report)
     assert next(r for r in rows if r["name"] == FP16)["drop_se"] == row["drop_se"]
+
+
+def test_the_run_summary_states_the_picks_drop_with_its_spread(release_project):
+    from edgeopt.summary import summary
+
+    root = release_project
+    _paired(root, {FP16: (5, 3)})
+    gate(root)
+    assert gate_json(root)["selected"] == FP16
+    assert "(drop +0.56 +- 0.83 pt vs baseline_fp32_ov, 5 images lost, 3 gained)" in summary(root)
